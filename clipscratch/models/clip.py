@@ -1,0 +1,58 @@
+"""The CLIP model: an image tower, a text tower and a learned temperature."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CLIPConfig
+from .modified_resnet import ModifiedResNet
+from .text_transformer import TextTransformer
+from .vision_transformer import VisionTransformer
+
+
+class CLIP(nn.Module):
+    def __init__(self, cfg: CLIPConfig, init: bool = True):
+        super().__init__()
+        self.config = cfg
+        if cfg.vision.is_resnet:
+            self.visual = ModifiedResNet(cfg.vision, cfg.embed_dim)
+        else:
+            self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, cfg.activation)
+        self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.activation)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        if init:
+            self.visual.init_weights()
+            self.text.init_weights()
+
+    @property
+    def image_size(self) -> int:
+        return self.config.vision.image_size
+
+    @property
+    def context_length(self) -> int:
+        return self.config.text.context_length
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.visual(images)  # [B, E]
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        x = self.text(tokens)  # [B, E]
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale) clamped to ``max_logit_scale`` (100, as in the CLIP paper)."""
+        return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image_features = self.encode_image(images, normalize=True)  # [B, E]
+        text_features = self.encode_text(tokens, normalize=True)  # [B, E]
+        return image_features, text_features, self.scale()
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.text.transformer.grad_checkpointing = enabled
+        if hasattr(self.visual, "transformer"):
+            self.visual.transformer.grad_checkpointing = enabled

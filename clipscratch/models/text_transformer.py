@@ -1,0 +1,47 @@
+"""The causal text transformer of CLIP."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import TextConfig
+from .layers import LayerNorm, Transformer
+
+
+class TextTransformer(nn.Module):
+    """Tokens -> embeddings + positions -> causal blocks -> ln_final -> feature at EOT @ projection.
+
+    The end-of-text token has the largest id, so ``tokens.argmax(-1)`` finds it.
+    Because attention is causal, padding after EOT never changes the result, so a
+    batch may be trimmed to its longest caption (any length <= context_length).
+    """
+
+    def __init__(self, cfg: TextConfig, embed_dim: int, activation: str):
+        super().__init__()
+        self.context_length = cfg.context_length
+        self.vocab_size = cfg.vocab_size
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, activation)
+        self.ln_final = LayerNorm(cfg.width)
+        self.text_projection = nn.Parameter(torch.empty(cfg.width, embed_dim))
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        self.transformer.init_weights()
+        nn.init.normal_(self.text_projection, std=self.transformer.width ** -0.5)
+
+    def tokens(self, text: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, T] -> final hidden states [B, T, width] (after ln_final)."""
+        T = text.shape[1]
+        if T > self.context_length:
+            raise ValueError(f"text has {T} tokens, more than context_length={self.context_length}")
+        x = self.token_embedding(text) + self.positional_embedding[:T]  # [B, T, width]
+        x = self.transformer(x, causal=True)  # [B, T, width]
+        return self.ln_final(x)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(text)  # [B, T, width]
+        eot = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]  # [B, width]
+        return eot @ self.text_projection  # [B, embed_dim]

@@ -1,0 +1,55 @@
+"""The ViT image tower of CLIP."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import VisionConfig
+from .layers import LayerNorm, Transformer
+
+
+class VisionTransformer(nn.Module):
+    """Patchify -> [CLS] + patches + positions -> ln_pre -> blocks -> ln_post(CLS) @ proj."""
+
+    def __init__(self, cfg: VisionConfig, embed_dim: int, activation: str):
+        super().__init__()
+        width, patch = cfg.width, cfg.patch_size
+        self.image_size = cfg.image_size
+        self.patch_size = patch
+        self.grid_size = cfg.image_size // patch
+        self.patch_dropout = cfg.patch_dropout
+        scale = width ** -0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid_size ** 2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, cfg.layers, cfg.num_heads, cfg.mlp_ratio, activation)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
+
+    def init_weights(self) -> None:
+        self.transformer.init_weights()
+
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> token sequence after the last block [B, 1 + N, width]."""
+        x = self.conv1(images)  # [B, width, grid, grid]
+        x = x.flatten(2).transpose(1, 2)  # [B, N, width]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, width]
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [B, 1 + N, width]
+        if self.training and self.patch_dropout > 0:
+            x = self._drop_patches(x)
+        x = self.ln_pre(x)
+        return self.transformer(x)  # [B, 1 + N, width]
+
+    def _drop_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """FLIP: keep a random subset of the patch tokens (the CLS token is always kept)."""
+        B, T, C = x.shape
+        keep = max(1, int((T - 1) * (1 - self.patch_dropout)))
+        idx = torch.rand(B, T - 1, device=x.device).argsort(dim=1)[:, :keep]  # [B, keep]
+        patches = x[:, 1:].gather(1, idx.unsqueeze(-1).expand(-1, -1, C))  # [B, keep, C]
+        return torch.cat([x[:, :1], patches], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(images)
+        x = self.ln_post(x[:, 0])  # [B, width]
+        return x @ self.proj  # [B, embed_dim]
