@@ -5,9 +5,11 @@ Output is identical to OpenAI's ``clip.tokenize(texts, truncate=True)``:
 1. clean as OpenAI does: ``ftfy.fix_text``, ``html.unescape`` twice, collapse
    whitespace, strip, lowercase (pure-ASCII text that ftfy cannot change skips ftfy);
 2. split into words with OpenAI's regular expression (the ``regex`` module, as
-   OpenAI), where ``<|startoftext|>`` / ``<|endoftext|>`` written in a caption are
+   OpenAI; the standard ``re`` for ASCII text, where both agree), where ``<|startoftext|>`` / ``<|endoftext|>`` written in a caption are
    matched as words and, as in OpenAI's tokenizer, become the special tokens;
-3. byte-level BPE with the ``</w>`` end-of-word suffix in Rust, batched.
+3. byte-level BPE with the ``</w>`` end-of-word suffix in Rust, batched over the
+   chunks (text between spaces) not seen before; a chunk -> ids cache makes
+   repeated chunks free.
 
 The vocabulary file ``bpe_simple_vocab_16e6.txt.gz`` is OpenAI's (MIT licence,
 see ``NOTICE_bpe_vocab.txt`` beside it).
@@ -18,9 +20,11 @@ import functools
 import gzip
 import html
 import os
+import re
 from typing import List, Sequence, Union
 
 import ftfy
+import numpy as np
 import regex
 import torch
 from tokenizers import Tokenizer as _RustTokenizer
@@ -33,7 +37,10 @@ _WORD_PATTERN = regex.compile(
     regex.IGNORECASE,
 )
 _WHITESPACE = regex.compile(r"\s+")
-_FTFY_INVARIANT = regex.compile(r"[\x20-\x25\x27-\x7e\t\n]*")  # printable ASCII without '&'
+# For ASCII text the same split with the standard library's (faster) engine.
+_ASCII_WORD_PATTERN = re.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-zA-Z]+|[0-9]|[^\sa-zA-Z0-9]+""")
+_NOT_PLAIN_ASCII = re.compile(r"[^\x20-\x7e\t\n\r]")
+_CACHE_LIMIT = 1_000_000  # words remembered before the BPE cache is cleared
 
 
 def bytes_to_unicode() -> dict:
@@ -49,13 +56,37 @@ def bytes_to_unicode() -> dict:
     return dict(zip(printable, (chr(c) for c in codes)))
 
 
+def _is_plain_ascii(text: str) -> bool:
+    """Printable ASCII (plus tab/newline/CR) without '&': text that ftfy and html.unescape leave alone."""
+    return text.isascii() and "&" not in text and (text.isprintable() or not _NOT_PLAIN_ASCII.search(text))
+
+
 def clean_text(text: str) -> str:
     """OpenAI's basic_clean + whitespace_clean + lower()."""
-    if not _FTFY_INVARIANT.fullmatch(text):
-        text = ftfy.fix_text(text)
-        text = html.unescape(html.unescape(text))
-    text = _WHITESPACE.sub(" ", text.strip()).strip()
-    return text.lower()
+    if _is_plain_ascii(text):
+        return " ".join(text.split()).lower()
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return _WHITESPACE.sub(" ", text.strip()).strip().lower()
+
+
+def split_chunks(text: str) -> List[str]:
+    """Clean ``text`` and cut it at spaces. No word of OpenAI's pattern spans a space, so
+    the words of a text are the words of its chunks, in order; chunks repeat far more
+    than whole captions, which makes them a good cache key."""
+    if _is_plain_ascii(text):
+        return text.lower().split()
+    cleaned = clean_text(text)
+    return cleaned.split(" ") if cleaned else []
+
+
+def split_words(text: str) -> List[str]:
+    """Clean ``text`` and split it into words with OpenAI's pattern."""
+    return [w for chunk in split_chunks(text) for w in _chunk_words(chunk)]
+
+
+def _chunk_words(chunk: str) -> List[str]:
+    pattern = _ASCII_WORD_PATTERN if chunk.isascii() else _WORD_PATTERN
+    return pattern.findall(chunk)
 
 
 def _load_bpe(path: str):
@@ -79,25 +110,34 @@ class Tokenizer:
         self.vocab_size = len(vocab)
         self.sot_token_id = vocab[SOT]
         self.eot_token_id = vocab[EOT]
+        self._chunk_ids: dict = {}  # space-free chunk -> BPE ids, filled by the Rust BPE in batches
         self._id_to_token = {i: t for t, i in vocab.items()}
         self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
 
     def words(self, text: str) -> List[str]:
-        return _WORD_PATTERN.findall(clean_text(text))
+        return split_words(text)
 
     def encode(self, text: str) -> List[int]:
         """BPE ids of one text, without start/end tokens."""
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        words = [self.words(t) for t in texts]
-        nonempty = [i for i, w in enumerate(words) if w]
-        ids: List[List[int]] = [[] for _ in texts]
-        if nonempty:
-            encodings = self._rust.encode_batch([words[i] for i in nonempty], is_pretokenized=True, add_special_tokens=False)
-            for i, enc in zip(nonempty, encodings):
-                ids[i] = enc.ids
-        return ids
+        chunks = [split_chunks(t) for t in texts]
+        cache = self._chunk_ids
+        missing = {c for cs in chunks for c in cs if c not in cache}
+        if missing:
+            if len(cache) + len(missing) > _CACHE_LIMIT:
+                cache.clear()
+            cache.update(self._encode_chunks(missing))
+        return [[i for c in cs for i in cache[c]] for cs in chunks]
+
+    def _encode_chunks(self, chunks) -> dict:
+        """BPE ids of each chunk; every distinct word goes through the Rust BPE once."""
+        words = {c: _chunk_words(c) for c in chunks}
+        unique = list({w for ws in words.values() for w in ws})
+        encodings = self._rust.encode_batch([[w] for w in unique], is_pretokenized=True, add_special_tokens=False)
+        word_ids = dict(zip(unique, (e.ids for e in encodings)))
+        return {c: [i for w in ws for i in word_ids[w]] for c, ws in words.items()}
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids back to text (special tokens and padding dropped)."""
@@ -110,11 +150,12 @@ class Tokenizer:
         if isinstance(texts, str):
             texts = [texts]
         ctx = context_length or self.context_length
-        result = torch.zeros(len(texts), ctx, dtype=torch.long)
-        for row, ids in enumerate(self.encode_batch(texts)):
-            tokens = [self.sot_token_id] + ids[: ctx - 2] + [self.eot_token_id]
-            result[row, : len(tokens)] = torch.tensor(tokens)
-        return result
+        sot, eot = [self.sot_token_id], [self.eot_token_id]
+        rows = [sot + ids[: ctx - 2] + eot for ids in self.encode_batch(texts)]
+        result = np.zeros((len(rows), ctx), dtype=np.int64)
+        for r, tokens in enumerate(rows):
+            result[r, : len(tokens)] = tokens
+        return torch.from_numpy(result)
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,7 +9,7 @@ def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.02) -> t
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-            if not t.is_floating_point():
+            if not t.is_floating_point() or name.endswith("attn_mask"):
                 continue
             noise = torch.randn(t.shape, generator=g) * scale
             if name.endswith("running_var"):

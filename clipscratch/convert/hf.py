@@ -53,13 +53,14 @@ def config_from_hf(hf: dict) -> CLIPConfig:
     )
     vision = VisionConfig(
         image_size=v.get("image_size", 224), layers=v.get("num_hidden_layers", 12), width=v.get("hidden_size", 768),
-        patch_size=v.get("patch_size", 32), heads=v.get("num_attention_heads", 12),
+        patch_size=v.get("patch_size", 32), heads=_heads_or_default(v.get("num_attention_heads", 12), v.get("hidden_size", 768)),
         mlp_ratio=v.get("intermediate_size", 3072) / v.get("hidden_size", 768),
     )
-    return CLIPConfig(
-        embed_dim=hf.get("projection_dim", 512), vision=vision, text=text, activation=acts.pop(),
-        init_logit_scale=hf.get("logit_scale_init_value", 2.6592600369644043),
-    )
+    return CLIPConfig(embed_dim=hf.get("projection_dim", 512), vision=vision, text=text, activation=acts.pop())
+
+
+def _heads_or_default(heads: int, width: int):
+    return None if heads == width // 64 else heads
 
 
 def config_to_hf(cfg: CLIPConfig) -> dict:
