@@ -23,6 +23,8 @@ class CLIP(nn.Module):
             self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, cfg.activation)
         self.text = TextTransformer(cfg.text, cfg.embed_dim, cfg.activation)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        if cfg.init_logit_bias is not None:  # SigLIP
+            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
         if init:
             self.visual.init_weights()
             self.text.init_weights()

@@ -52,6 +52,7 @@ class CLIPConfig:
     activation: str = "quick_gelu"  # "quick_gelu" (OpenAI) or "gelu" (open_clip default)
     init_logit_scale: float = 2.6592600369644043  # ln(1 / 0.07)
     max_logit_scale: float = 100.0  # forward() clamps logit_scale.exp() to this
+    init_logit_bias: Optional[float] = None  # set (e.g. -10) for SigLIP's learned bias
 
 
 def config_to_dict(cfg: CLIPConfig) -> dict:

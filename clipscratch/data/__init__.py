@@ -1,0 +1,1 @@
+"""Data pipeline: shard writing, webdataset reading, the synthetic shapes set."""

@@ -1,0 +1,243 @@
+"""Reading image-caption shards: a webdataset pipeline of small named stages.
+
+    shards (mixed by weight, split by node and worker)
+      -> tar samples (unreadable shards counted and skipped)
+      -> shuffle buffer (seeded by seed, epoch, rank, worker)
+      -> skip (resume: samples this worker already delivered this epoch)
+      -> decode (corrupt images / missing captions counted and skipped)
+      -> augment (randomness seeded per sample, so a resumed run sees the same crops)
+      -> batch + tokenize (in the worker)
+
+Each batch carries the counts of what its worker skipped since the previous
+batch, so the training loop can summarise bad input without crashing.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import random
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+import webdataset as wds
+from braceexpand import braceexpand
+from PIL import Image
+
+from ..errors import ClipscratchError
+
+Sample = Dict[str, object]
+
+
+@dataclass
+class StreamSpec:
+    """Where this copy of the pipeline sits: data sources, process rank and epoch."""
+
+    sources: List[List[str]]  # shard urls of each source
+    weights: List[float]
+    batch_size: int
+    seed: int = 0
+    epoch: int = 0
+    rank: int = 0
+    world_size: int = 1
+    resampled: bool = False
+    batches_per_worker: Optional[int] = None  # resampled: batches each worker yields per epoch
+    shuffle_buffer: int = 1000
+    skip_batches: int = 0  # resume: batches this rank's loader already delivered this epoch
+    num_workers: int = 1
+
+
+def expand_sources(spec: str | Sequence[str]) -> List[List[str]]:
+    """``"a/{000..009}.tar::b/{00..03}.tar"`` or a list -> shard urls of each source (local paths checked)."""
+    parts = spec.split("::") if isinstance(spec, str) else list(spec)
+    sources = []
+    for part in parts:
+        urls = list(braceexpand(part))
+        missing = [u for u in urls if "://" not in u and not os.path.exists(u)]
+        if missing and len(missing) == len(urls):
+            raise ClipscratchError(f"no shard found for {part!r} (e.g. {missing[0]})")
+        sources.append([u for u in urls if u not in missing])
+    return sources
+
+
+def _worker() -> tuple:
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _rng(spec: StreamSpec, *salt) -> random.Random:
+    worker, _ = _worker()
+    key = "/".join(str(x) for x in (spec.seed, spec.epoch, spec.rank, worker) + salt)
+    return random.Random(zlib.crc32(key.encode()))
+
+
+def shard_urls(spec: StreamSpec) -> Iterator[Dict[str, str]]:
+    """Stage 1: this worker's shard urls; one pass (split by node and worker) or resampled by weight forever."""
+    worker, num_workers = _worker()
+    rng = _rng(spec, "shards")
+    if spec.resampled:
+        while True:
+            source = rng.choices(range(len(spec.sources)), weights=spec.weights)[0]
+            yield {"url": rng.choice(spec.sources[source])}
+    urls = [u for src in spec.sources for u in src]
+    random.Random(spec.seed + spec.epoch).shuffle(urls)  # same order on every rank and worker
+    mine = urls[spec.rank :: spec.world_size][worker :: num_workers]
+    for url in mine:
+        yield {"url": url}
+
+
+class SkipLog:
+    """Counts what a worker skipped; drained into each batch it yields."""
+
+    def __init__(self):
+        self.counts: Dict[str, int] = {}
+        self.examples: List[str] = []
+
+    def add(self, kind: str, where: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if len(self.examples) < 3:
+            self.examples.append(f"{kind}: {where}")
+
+    def drain(self) -> Dict[str, int]:
+        counts, self.counts = self.counts, {}
+        return counts
+
+
+def shuffle(buffer: int, rng: random.Random) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+    def stage(samples):
+        pool: List[Sample] = []
+        for s in samples:
+            pool.append(s)
+            if len(pool) >= buffer:
+                yield pool.pop(rng.randrange(len(pool)))
+        rng.shuffle(pool)
+        yield from pool
+
+    return stage if buffer > 1 else (lambda samples: samples)
+
+
+def skip(n: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+    def stage(samples):
+        for i, s in enumerate(samples):
+            if i >= n:
+                yield s
+
+    return stage
+
+
+def decode(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+    """Raw tar members -> {"key", "image": PIL RGB, "caption": str}; corrupt ones counted and dropped."""
+
+    def stage(samples):
+        for s in samples:
+            key = s.get("__key__", "?")
+            where = f"{s.get('__url__', '?')}:{key}"
+            raw = next((s[k] for k in ("jpg", "jpeg", "png", "webp") if k in s), None)
+            text = s.get("txt")
+            if raw is None:
+                log.add("missing image", where)
+                continue
+            if text is None or not text.strip():
+                log.add("missing caption", where)
+                continue
+            try:
+                with Image.open(io.BytesIO(raw)) as im:
+                    image = im.convert("RGB")
+            except (OSError, ValueError, Image.DecompressionBombError):
+                log.add("corrupt image", where)
+                continue
+            caption = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+            yield {"key": key, "image": image, "caption": caption.strip()}
+
+    return stage
+
+
+def augment(transform: Callable, seed: int, epoch: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+    """Apply the image transform with torch randomness seeded by (seed, epoch, sample key)."""
+
+    def stage(samples):
+        for s in samples:
+            torch.manual_seed(zlib.crc32(f"{seed}/{epoch}/{s['key']}".encode()))
+            s["image"] = transform(s["image"])
+            yield s
+
+    return stage
+
+
+def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, log: SkipLog, limit: Optional[int]):
+    def stage(samples):
+        from ..tokenizer import get_tokenizer
+
+        tokenizer = get_tokenizer(context_length)
+        produced, pending = 0, []
+        for s in samples:
+            pending.append(s)
+            if len(pending) == batch_size:
+                tokens = tokenizer([p["caption"] for p in pending])
+                if trim_text:
+                    tokens = tokens[:, : int((tokens != 0).sum(1).max())]
+                yield {"images": torch.stack([p["image"] for p in pending]), "tokens": tokens,
+                       "captions": [p["caption"] for p in pending], "skipped": log.drain()}
+                pending, produced = [], produced + 1
+                if limit is not None and produced >= limit:
+                    return
+
+    return stage
+
+
+class _UrlOpener:
+    """tar reading stage that counts unreadable shards instead of raising."""
+
+    def __init__(self, log: SkipLog):
+        self.log = log
+
+    def handler(self, exn: Exception) -> bool:
+        self.log.add("unreadable shard", f"{type(exn).__name__}: {str(exn)[:120]}")
+        return True  # keep going
+
+
+class ShardDataset(torch.utils.data.IterableDataset):
+    """The whole pipeline for one rank; iterate it through a DataLoader with batch_size=None."""
+
+    def __init__(self, spec: StreamSpec, transform: Callable, context_length: int, trim_text: bool = True):
+        super().__init__()
+        self.spec, self.transform, self.context_length, self.trim_text = spec, transform, context_length, trim_text
+
+    def __iter__(self):
+        spec = self.spec
+        worker, num_workers = _worker()
+        log = SkipLog()
+        skip_batches = 0
+        if spec.skip_batches > worker:
+            skip_batches = (spec.skip_batches - worker + num_workers - 1) // num_workers
+        limit = spec.batches_per_worker
+        if limit is not None:
+            limit = max(0, limit - skip_batches)
+        opener = _UrlOpener(log)
+        stages = [
+            lambda _: shard_urls(spec),
+            wds.tarfile_to_samples(handler=opener.handler),
+            shuffle(spec.shuffle_buffer, _rng(spec, "shuffle")),
+            skip(skip_batches * spec.batch_size),
+            decode(log),
+            augment(self.transform, spec.seed, spec.epoch),
+            batch_and_tokenize(spec.batch_size, self.context_length, self.trim_text, log, limit),
+        ]
+        stream = None
+        for stage in stages:
+            stream = stage(stream)
+        yield from stream
+
+
+def make_loader(dataset: ShardDataset, num_workers: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def batches_per_worker(samples_per_epoch: int, batch_size: int, world_size: int, num_workers: int) -> int:
+    return max(1, math.ceil(samples_per_epoch / (batch_size * world_size * max(1, num_workers))))

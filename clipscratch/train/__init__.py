@@ -1,0 +1,1 @@
+"""Pretraining: config, optimisation, gradient caching, checkpoints and the loop."""

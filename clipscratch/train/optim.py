@@ -1,0 +1,54 @@
+"""AdamW parameter groups, freezing by name, and the warm-up + cosine schedule."""
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import List
+
+import torch
+from torch import nn
+
+from ..errors import ClipscratchError
+from .config import OptimConfig
+
+_NO_DECAY_NAMES = ("positional_embedding", "class_embedding", "token_embedding", "logit_scale", "logit_bias")
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """Gains, biases (all 1-d tensors), embeddings and the temperature are not decayed."""
+    return param.ndim < 2 or any(key in name for key in _NO_DECAY_NAMES)
+
+
+def freeze(model: nn.Module, patterns: List[str]) -> int:
+    """Set requires_grad=False on parameters whose name matches any fnmatch pattern; returns how many."""
+    frozen = 0
+    for pattern in patterns:
+        matched = [p for n, p in model.named_parameters() if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            raise ClipscratchError(f"freeze pattern {pattern!r} matches no parameter (names look like 'visual.conv1.weight')")
+        for p in matched:
+            frozen += int(p.requires_grad)
+            p.requires_grad_(False)
+    return frozen
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if no_weight_decay(name, param) else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
