@@ -236,6 +236,7 @@ def make_loader(dataset: ShardDataset, num_workers: int, pin_memory: bool = Fals
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
         persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(0),  # worker seeds must not draw on the global RNG
     )
 
 

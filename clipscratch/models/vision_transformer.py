@@ -32,7 +32,7 @@ class VisionTransformer(nn.Module):
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] -> token sequence after the last block [B, 1 + N, width]."""
-        x = self.conv1(images)  # [B, width, grid, grid]
+        x = self.conv1(images.to(self.conv1.weight.dtype))  # [B, width, grid, grid]
         x = x.flatten(2).transpose(1, 2)  # [B, N, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, width]
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [B, 1 + N, width]

@@ -1,0 +1,80 @@
+"""Largest training batch that fits on one GPU: clipscratch vs open_clip, with and without
+gradient checkpointing (bf16 autocast, AdamW, the CLIP loss, 77-token text).
+
+    python bench/max_batch.py --models ViT-B-32 ViT-B-16
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from train_step import build, clip_loss  # noqa: E402
+
+
+def fits(impl, name, batch, ckpt) -> bool:
+    model = opt = images = tokens = None
+    try:
+        model, scale_fn = build(impl, name)
+        model = model.cuda().train()
+        if ckpt:
+            model.set_grad_checkpointing(True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        images = torch.randn(batch, 3, 224, 224, device="cuda")
+        tokens = torch.randint(1, 49406, (batch, 77), device="cuda")
+        tokens[:, -1] = 49407
+        for _ in range(2):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = clip_loss(model.encode_image(images), model.encode_text(tokens), scale_fn())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        del model, opt, images, tokens
+        torch.cuda.empty_cache()
+
+
+def largest(impl, name, ckpt, lo=256, hi=65536) -> int:
+    """Largest multiple of 256 that fits (binary search)."""
+    if not fits(impl, name, lo, ckpt):
+        return 0
+    while hi - lo > 256:
+        mid = (lo + hi) // 2 // 256 * 256
+        if fits(impl, name, mid, ckpt):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-B-16"])
+    p.add_argument("--impls", nargs="+", default=["open_clip", "clipscratch"])
+    p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "max_batch.json"))
+    args = p.parse_args()
+    rows = []
+    for name in args.models:
+        for ckpt in (False, True):
+            for impl in args.impls:
+                b = largest(impl, name, ckpt)
+                rows.append({"model": name, "impl": impl, "grad_checkpointing": ckpt, "max_batch": b})
+                print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{torch.cuda.get_device_name()}\n| model | grad ckpt | open_clip | clipscratch | ratio |\n|---|---|---|---|---|")
+    for name in args.models:
+        for ckpt in (False, True):
+            got = {r["impl"]: r["max_batch"] for r in rows if r["model"] == name and r["grad_checkpointing"] == ckpt}
+            ratio = got.get("clipscratch", 0) / max(1, got.get("open_clip", 0))
+            print(f"| {name} | {ckpt} | {got.get('open_clip')} | {got.get('clipscratch')} | {ratio:.2f}x |")
+    with open(args.json, "w") as f:
+        json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Few-shot finetuning of a chosen part of CLIP, classifying against the class-prompt embeddings.
+
+Parts: text (the text tower), image (the image tower), text_projection, image_projection,
+or any fnmatch pattern over parameter names. Logits are ``scale * img @ class_emb.T``
+with the class embeddings recomputed from the prompts at every step when the text side
+trains. When no image parameter trains, cached image features are used.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ClipscratchError
+from .datasets import few_shot_indices
+from .metrics import topk_accuracy
+
+PARTS = {
+    "text": ["text.*"],
+    "image": ["visual.*"],
+    "text_projection": ["text.text_projection"],
+    "image_projection": ["visual.proj", "visual.attnpool.c_proj.*"],
+}
+
+
+def trainable_names(model, part: str) -> List[str]:
+    patterns = PARTS.get(part, [part])
+    names = [n for n, _ in model.named_parameters() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not names:
+        raise ClipscratchError(f"part {part!r} matches no parameter; use {', '.join(PARTS)} or a name pattern like 'visual.transformer.resblocks.1.*'")
+    return names
+
+
+def class_embeddings(model, tokens: torch.Tensor, n_classes: int) -> torch.Tensor:
+    emb = F.normalize(model.encode_text(tokens).float(), dim=-1).view(n_classes, -1, model.config.embed_dim)
+    return F.normalize(emb.mean(1), dim=-1)  # [C, E]
+
+
+def finetune(model, part: str, images: torch.Tensor, labels: torch.Tensor, class_tokens: torch.Tensor, n_classes: int,
+             cached_features: torch.Tensor = None, epochs: int = 30, lr: float = 1e-4, batch_size: int = 32, seed: int = 0):
+    """Return a finetuned copy of ``model``; only the parameters of ``part`` change."""
+    torch.manual_seed(seed)
+    model = copy.deepcopy(model).train()
+    names = set(trainable_names(model, part))
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)
+    image_trains = any(n.startswith("visual.") for n in names)
+    text_trains = any(n.startswith("text.") for n in names)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    with torch.no_grad():
+        fixed_classes = None if text_trains else class_embeddings(model, class_tokens, n_classes)
+    n = len(labels)
+    for _ in range(epochs):
+        for idx in torch.randperm(n).split(batch_size):
+            if image_trains or cached_features is None:
+                feats = model.encode_image(images[idx])
+            else:
+                feats = cached_features[idx]
+            classes = class_embeddings(model, class_tokens, n_classes) if text_trains else fixed_classes
+            logits = model.scale().detach() * F.normalize(feats.float(), dim=-1) @ classes.T
+            loss = F.cross_entropy(logits, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--parts", nargs="+", default=["text_projection", "image_projection", "text", "image"],
+                   help="what to finetune: text, image, text_projection, image_projection or a name pattern")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=1e-4)
+
+
+def run(suite, args) -> dict:
+    train, test = suite.data("train"), suite.data("test")
+    ex = suite.extractor
+    base = suite.model
+    test_feats = ex.image_features(test)
+    train_feats = ex.image_features(train)
+    tokens = ex.tokenizer([t.format(c) for c in test.classnames for t in test.templates]).to(suite.device)
+    zs = topk_accuracy(F.normalize(test_feats, dim=-1) @ ex.classifier(test.classnames, test.templates).T, test.labels)
+    rows, series = [], {}
+    for part in args.parts:
+        series[part] = {}
+        for k in args.shots:
+            accs = []
+            for seed in args.seeds:
+                idx = few_shot_indices(train.labels, k, seed)
+                images = torch.stack([suite.preprocess(train.images[i]) for i in idx]).to(suite.device)
+                tuned = finetune(base, part, images, train.labels[idx].to(suite.device), tokens, len(test.classnames),
+                                 train_feats[idx].to(suite.device), args.epochs, args.lr, seed=seed)
+                acc = _accuracy(tuned, suite, test, tokens, test_feats, part)
+                accs.append(acc)
+                rows.append({"part": part, "shots": k, "seed": seed, "top1": acc})
+            series[part][k] = float(np.mean(accs))
+            print(f"  {part:<18}{k:>3}-shot  top-1 {series[part][k]:.4f}")
+    suite.plot_shots(series, "fewshot_shots", f"few-shot finetuning on {test.name}", {"zero-shot": zs})
+    return suite.save("fewshot", {"dataset": test.name, "zeroshot_top1": zs, "mean_top1": series}, rows)
+
+
+@torch.no_grad()
+def _accuracy(model, suite, test, tokens, cached_test_feats, part) -> float:
+    image_changed = any(n.startswith("visual.") for n in trainable_names(model, part))
+    if image_changed:
+        from .features import FeatureExtractor
+
+        feats = FeatureExtractor(model, suite.preprocess, suite.device, progress=False).image_features(test)
+    else:
+        feats = cached_test_feats
+    classes = class_embeddings(model, tokens, len(test.classnames)).cpu()
+    return topk_accuracy(F.normalize(feats, dim=-1) @ classes.T, test.labels)

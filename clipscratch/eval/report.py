@@ -1,0 +1,84 @@
+"""Results to JSON and CSV; figures to PNG."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Dict, List, Sequence
+
+
+def write_results(out_dir: str, name: str, results: dict, rows: Sequence[dict] = ()) -> Dict[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, f"{name}.json")}
+    with open(paths["json"], "w") as f:
+        json.dump(results, f, indent=2, default=float)
+    if rows:
+        paths["csv"] = os.path.join(out_dir, f"{name}.csv")
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(paths["csv"], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+    return paths
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(matrix, classnames: List[str], path: str, title: str) -> str:
+    plt = _plt()
+    n = len(classnames)
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * n + 2), max(3.5, 0.45 * n + 1.5)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classnames, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), classnames, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(matrix[i][j]), ha="center", va="center", fontsize=6)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_shots(series: Dict[str, Dict[int, float]], path: str, title: str, baselines: Dict[str, float] = None) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label, points in series.items():
+        ks = sorted(points)
+        ax.plot(ks, [points[k] for k in ks], marker="o", label=label)
+    for label, value in (baselines or {}).items():
+        ax.axhline(value, linestyle="--", color="grey")
+        ax.text(ax.get_xlim()[0], value, f" {label}", va="bottom", fontsize=8, color="grey")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("shots per class")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(values: Dict[str, float], path: str, title: str) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(values)), 3.5))
+    ax.bar(range(len(values)), list(values.values()))
+    ax.set_xticks(range(len(values)), list(values), rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,42 @@
+"""Zero-shot classification: one template, custom templates, or the dataset's ensemble."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import torch
+
+from .metrics import classify, confusion_matrix, mean_per_class_recall, topk_accuracy
+
+
+def zeroshot_metrics(image_features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor) -> Dict[str, float]:
+    logits = classify(image_features, classifier)
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
+            "mean_per_class_recall": mean_per_class_recall(logits, labels)}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--templates", nargs="+", help="prompt templates with {} (default: the dataset's ensemble)")
+    p.add_argument("--compare", nargs="+", metavar="TEMPLATE",
+                   help="prompt-comparison mode: accuracy of each template on its own, side by side")
+
+
+def run(suite, args) -> dict:
+    data = suite.data("test")
+    feats = suite.extractor.image_features(data)
+    if args.compare:
+        rows = []
+        for template in args.compare:
+            m = zeroshot_metrics(feats, data.labels, suite.extractor.classifier(data.classnames, [template]))
+            rows.append({"template": template, **m})
+            print(f"  {m['top1']:6.3f}  {template}")
+        results = {"dataset": data.name, "comparison": rows}
+        suite.plot_bars({r["template"]: r["top1"] for r in rows}, "zeroshot_prompts", f"zero-shot top-1 by prompt ({data.name})")
+        return suite.save("zeroshot_prompts", results, rows)
+    templates = args.templates or data.templates
+    classifier = suite.extractor.classifier(data.classnames, templates)
+    metrics = zeroshot_metrics(feats, data.labels, classifier)
+    matrix = confusion_matrix(classify(feats, classifier), data.labels, len(data.classnames))
+    suite.plot_confusion(matrix.tolist(), data.classnames, "zeroshot_confusion", f"zero-shot confusion ({data.name})")
+    results = {"dataset": data.name, "templates": templates, **metrics, "confusion_matrix": matrix.tolist()}
+    print(f"  top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  mean per-class recall {metrics['mean_per_class_recall']:.4f}")
+    return suite.save("zeroshot", results, [{"dataset": data.name, **metrics}])

@@ -1,0 +1,106 @@
+"""Shard writing and reading; bad samples and shards are skipped and counted."""
+import io
+import os
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from clipscratch.data.make_shards import main as make_shards_main
+from clipscratch.data.make_shards import synthetic_records, write_shards
+from clipscratch.data.pipeline import ShardDataset, StreamSpec, expand_sources, make_loader
+from clipscratch.errors import ClipscratchError
+from clipscratch.transforms import image_transform
+
+
+def _read_all(pattern, batch_size=4, workers=0, **spec_kw):
+    spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=batch_size, shuffle_buffer=0, **spec_kw)
+    ds = ShardDataset(spec, image_transform(32), context_length=77, trim_text=False)
+    return list(make_loader(ds, workers))
+
+
+def test_make_shards_from_csv_and_read_back(tmp_path, capsys):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rows = ["image,caption"]
+    for i in range(10):
+        Image.new("RGB", (40, 30), (i * 20, 0, 0)).save(images / f"{i}.png")
+        rows.append(f"{i}.png,caption number {i}")
+    (images / "broken.jpg").write_bytes(b"not an image")
+    rows.append("broken.jpg,a broken one")
+    (tmp_path / "caps.csv").write_text("\n".join(rows))
+    make_shards_main(["--captions", str(tmp_path / "caps.csv"), "--images", str(images), "--out", str(tmp_path / "shards"), "--maxcount", "4"])
+    out = capsys.readouterr().out
+    assert "wrote 10 samples in 3 shards" in out and "skipped 1 unreadable" in out
+    batches = _read_all(str(tmp_path / "shards" / "shard-{000000..000002}.tar"), batch_size=5)
+    assert [b["images"].shape for b in batches] == [(5, 3, 32, 32)] * 2
+    captions = sorted(c for b in batches for c in b["captions"])
+    assert captions == sorted(f"caption number {i}" for i in range(10))
+    assert batches[0]["tokens"].shape == (5, 77)
+
+
+def test_make_shards_from_imagefolder_with_templates(tmp_path):
+    for cls in ("cat", "red_car"):
+        (tmp_path / "folder" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16)).save(tmp_path / "folder" / cls / f"{i}.jpg")
+    make_shards_main(["--imagefolder", str(tmp_path / "folder"), "--templates", "a photo of a {}.", "--out", str(tmp_path / "s")])
+    captions = sorted(c for b in _read_all(str(tmp_path / "s" / "shard-000000.tar"), batch_size=6) for c in b["captions"])
+    assert captions == ["a photo of a cat."] * 3 + ["a photo of a red car."] * 3
+
+
+def _tar_member(tar, name, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_corrupt_images_missing_captions_and_bad_shards_are_counted(tmp_path):
+    write_shards(synthetic_records(8, 0, False, 32), str(tmp_path), maxcount=8, prefix="good")
+    with tarfile.open(tmp_path / "bad-000000.tar", "w") as tar:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, format="JPEG")
+        _tar_member(tar, "a.jpg", b"\xff\xd8 corrupt jpeg bytes")
+        _tar_member(tar, "a.txt", b"corrupt image")
+        _tar_member(tar, "b.jpg", buf.getvalue())  # no caption
+        _tar_member(tar, "c.jpg", buf.getvalue())
+        _tar_member(tar, "c.txt", b"fine")
+    (tmp_path / "bad-000001.tar").write_bytes(b"this is not a tar file at all" * 50)
+    batches = _read_all(f"{tmp_path}/good-000000.tar::{tmp_path}/bad-{{000000..000001}}.tar", batch_size=3)
+    skipped = {}
+    for b in batches:
+        for k, n in b["skipped"].items():
+            skipped[k] = skipped.get(k, 0) + n
+    delivered = sum(len(b["captions"]) for b in batches)
+    assert delivered == 9  # 8 good + "fine"
+    assert skipped.get("corrupt image") == 1 and skipped.get("missing caption") == 1
+    assert skipped.get("unreadable shard", 0) >= 1
+
+
+def test_split_by_worker_and_rank_covers_every_sample_once(tmp_path):
+    write_shards(synthetic_records(48, 1, False, 32), str(tmp_path), maxcount=6)
+    pattern = str(tmp_path / "shard-{000000..000007}.tar")
+    keys = []
+    for rank in range(2):
+        for b in _read_all(pattern, batch_size=2, workers=2, rank=rank, world_size=2):
+            keys.extend(b["captions"])
+    assert len(keys) == 48
+
+
+def test_resampled_mode_mixes_sources_by_weight(tmp_path):
+    write_shards(synthetic_records(20, 0, False, 32), str(tmp_path / "a"), maxcount=10)
+    write_shards(synthetic_records(20, 1, True, 32), str(tmp_path / "b"), maxcount=10)
+    spec = StreamSpec(sources=expand_sources(f"{tmp_path}/a/shard-{{000000..000001}}.tar::{tmp_path}/b/shard-{{000000..000001}}.tar"),
+                      weights=[3.0, 1.0], batch_size=10, resampled=True, batches_per_worker=40, shuffle_buffer=0)
+    batches = list(make_loader(ShardDataset(spec, image_transform(32), 77), 0))
+    assert len(batches) == 40
+    from clipscratch.data.synthetic import HELD_OUT
+
+    held = sum(any(f"{c} {s}" in cap for c, s in HELD_OUT) for b in batches for cap in b["captions"])
+    assert 0.1 < held / 400 < 0.4  # about a quarter from source b
+
+
+def test_missing_shards_are_one_clear_error(tmp_path):
+    with pytest.raises(ClipscratchError, match="no shard found"):
+        expand_sources(str(tmp_path / "nothing-{000..003}.tar"))
