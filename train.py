@@ -13,9 +13,7 @@ import sys
 from clipscratch.errors import cli_errors
 from clipscratch.train.config import load_config, to_dict
 
-DEFAULT_OVERRIDES = ["data.synthetic=12000", "data.batch_size=128", "epochs=6", "optim.lr=1e-3",
-                     "optim.warmup_steps=40", "optim.weight_decay=0.1", "save_every=100", "eval_every=0",
-                     "log_every=5", "output_dir=runs/default"]
+from clipscratch.train.config import DEFAULT_RUN  # noqa: E402  (the embedded default, = configs/default.yaml)
 
 
 def parse_args(argv):
@@ -30,8 +28,7 @@ def parse_args(argv):
 @cli_errors
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    overrides = args.overrides if args.config else DEFAULT_OVERRIDES + args.overrides
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, args.overrides, base=None if args.config else DEFAULT_RUN)
     if args.print_config:
         import yaml
 
@@ -47,8 +44,9 @@ def main(argv=None):
 def report(results: dict) -> None:
     print("\nresults on held-out data:")
     for key, value in results.items():
-        if key.startswith(("zeroshot_", "val_", "heldout_", "text_to_image", "image_to_text")):
-            chance = results.get("chance_" + key[len("zeroshot_"):]) if key.startswith("zeroshot_") else None
+        if key.startswith(("zeroshot_", "val_", "unseen_pairs_", "text_to_image", "image_to_text")):
+            task = key.split("zeroshot_")[-1]
+            chance = results.get("chance_" + task) if "zeroshot_" in key else None
             print(f"  {key:<32}{value:7.3f}" + (f"   (chance {chance:.3f})" if chance else ""))
     if results.get("skipped"):
         print("  skipped input: " + ", ".join(f"{n} {k}" for k, n in results["skipped"].items()))

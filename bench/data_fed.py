@@ -44,6 +44,7 @@ def main():
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--gpu-decode", action="store_true", help="decode and augment JPEGs on the GPU")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -70,11 +71,18 @@ def main():
         return loss
 
     spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=args.batch, resampled=True,
-                      batches_per_worker=10 ** 6, shuffle_buffer=2000, num_workers=args.workers)
+                      batches_per_worker=10 ** 6, shuffle_buffer=2000, num_workers=args.workers, gpu_decode=args.gpu_decode)
     loader = make_loader(ShardDataset(spec, image_transform(224, train=True), 77, trim_text=True), args.workers, pin_memory=True)
+    from clipscratch.data.gpu_decode import gpu_transform
+
+    def to_gpu(b):
+        if isinstance(b["images"], list):
+            images, keep = gpu_transform(b["images"], 224, "cuda", True)
+            return images, b["tokens"].cuda(non_blocking=True)[keep.cuda()]
+        return b["images"].cuda(non_blocking=True), b["tokens"].cuda(non_blocking=True)
+
     it = iter(loader)
-    first = next(it)
-    fixed_images, fixed_tokens = first["images"].cuda(), first["tokens"].cuda()
+    fixed_images, fixed_tokens = to_gpu(next(it))
     for _ in range(5):
         step(fixed_images, fixed_tokens)
     torch.cuda.synchronize()
@@ -84,16 +92,14 @@ def main():
     torch.cuda.synchronize()
     synthetic = (time.perf_counter() - t) / args.steps
     for _ in range(10):  # let the workers fill their prefetch queues
-        b = next(it)
-        step(b["images"].cuda(non_blocking=True), b["tokens"].cuda(non_blocking=True))
+        step(*to_gpu(next(it)))
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(args.steps):
-        b = next(it)
-        step(b["images"].cuda(non_blocking=True), b["tokens"].cuda(non_blocking=True))
+        step(*to_gpu(next(it)))
     torch.cuda.synchronize()
     fed = (time.perf_counter() - t) / args.steps
-    res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": int(fixed_tokens.shape[1]),
+    res = {"gpu_decode": args.gpu_decode, "model": args.model, "batch": args.batch, "workers": args.workers, "text_len": int(fixed_tokens.shape[1]),
            "synthetic_step_ms": synthetic * 1000, "data_fed_step_ms": fed * 1000,
            "synthetic_samples_per_s": args.batch / synthetic, "data_fed_samples_per_s": args.batch / fed,
            "slowdown": fed / synthetic - 1, "device": torch.cuda.get_device_name(), "cpus": os.cpu_count()}

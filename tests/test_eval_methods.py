@@ -65,7 +65,7 @@ def test_tip_adapter_logits_follow_the_formula():
         for c in range(5):
             cache = sum(math.exp(-beta * (1 - float(f @ (shots[j] / shots[j].norm())))) for j in range(10) if shot_labels[j] == c)
             expected = 100 * float(f @ classifier[c]) + alpha * cache
-            assert got[i, c].item() == pytest.approx(expected, rel=1e-5)
+            assert got[i, c].item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_clipscore_and_refclipscore_follow_the_definitions():

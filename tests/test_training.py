@@ -109,3 +109,9 @@ def test_sigkill_mid_run_then_resume_reproduces_the_loss_sequence(tmp_path):
     model, _ = clipscratch.load(str(full / "checkpoints" / "step_00000024"))
     assert model.config == clipscratch.get_config("tiny-vit")
     assert (full / "curves.png").exists() and (full / "results.json").exists()
+
+
+def test_configs_default_yaml_is_the_embedded_default():
+    from clipscratch.train.config import DEFAULT_RUN
+
+    assert load_config(os.path.join(ROOT, "configs", "default.yaml"), []) == load_config(None, [], base=DEFAULT_RUN)

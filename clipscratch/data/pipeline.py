@@ -6,6 +6,7 @@
       -> skip (resume: samples this worker already delivered this epoch)
       -> decode (corrupt images / missing captions counted and skipped)
       -> augment (randomness seeded per sample, so a resumed run sees the same crops)
+         [gpu_decode: both replaced by keeping JPEG bytes; gpu_decode.py decodes on the GPU]
       -> batch + tokenize (in the worker)
 
 Each batch carries the counts of what its worker skipped since the previous
@@ -47,6 +48,7 @@ class StreamSpec:
     shuffle_buffer: int = 1000
     skip_batches: int = 0  # resume: batches this rank's loader already delivered this epoch
     num_workers: int = 1
+    gpu_decode: bool = False  # keep JPEG bytes; decode + augment on the GPU (gpu_decode.py)
 
 
 def expand_sources(spec: str | Sequence[str]) -> List[List[str]]:
@@ -154,6 +156,27 @@ def decode(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     return stage
 
 
+def raw_jpegs(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+    """gpu_decode mode: keep the JPEG bytes as a uint8 tensor; the GPU decodes the batch."""
+
+    def stage(samples):
+        for s in samples:
+            where = f"{s.get('__url__', '?')}:{s.get('__key__', '?')}"
+            raw = s.get("jpg", s.get("jpeg"))
+            text = s.get("txt")
+            if raw is None or raw[:2] != b"\xff\xd8":
+                log.add("not a JPEG", where)
+                continue
+            if text is None or not text.strip():
+                log.add("missing caption", where)
+                continue
+            caption = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+            yield {"key": s.get("__key__", "?"), "image": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                   "caption": caption.strip()}
+
+    return stage
+
+
 def augment(transform: Callable, seed: int, epoch: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     """Apply the image transform with torch randomness seeded by (seed, epoch, sample key)."""
 
@@ -178,7 +201,8 @@ def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, lo
                 tokens = tokenizer([p["caption"] for p in pending])
                 if trim_text:
                     tokens = tokens[:, : int((tokens != 0).sum(1).max())]
-                yield {"images": torch.stack([p["image"] for p in pending]), "tokens": tokens,
+                images = [p["image"] for p in pending]
+                yield {"images": images if images[0].dtype == torch.uint8 else torch.stack(images), "tokens": tokens,
                        "captions": [p["caption"] for p in pending], "skipped": log.drain()}
                 pending, produced = [], produced + 1
                 if limit is not None and produced >= limit:
@@ -221,8 +245,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
             wds.tarfile_to_samples(handler=opener.handler),
             shuffle(spec.shuffle_buffer, _rng(spec, "shuffle")),
             skip(skip_batches * spec.batch_size),
-            decode(log),
-            augment(self.transform, spec.seed, spec.epoch),
+            raw_jpegs(log) if spec.gpu_decode else decode(log),
+            (lambda samples: samples) if spec.gpu_decode else augment(self.transform, spec.seed, spec.epoch),
             batch_and_tokenize(spec.batch_size, self.context_length, self.trim_text, log, limit),
         ]
         stream = None

@@ -26,7 +26,17 @@ from PIL import Image
 
 from ..errors import ClipscratchError
 
-_PROMPTS = json.load(open(os.path.join(os.path.dirname(__file__), "prompts.json")))
+def _load_prompts() -> dict:
+    """Class names and templates per dataset; templates are stored with "{c}" and used with "{}"."""
+    with open(os.path.join(os.path.dirname(__file__), "prompts.json")) as f:
+        prompts = json.load(f)
+    for entry in prompts.values():
+        if isinstance(entry, dict):
+            entry["templates"] = [t.replace("{c}", "{}") for t in entry["templates"]]
+    return prompts
+
+
+_PROMPTS = _load_prompts()
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
 

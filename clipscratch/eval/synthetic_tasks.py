@@ -12,10 +12,11 @@ from .metrics import classify, retrieval_recall, topk_accuracy, zeroshot_classif
 
 
 class ShapesBenchmark:
-    """Held-out shapes images (colour-shape pairs never seen in training) with labels and captions."""
+    """Fresh shapes images with labels and captions: ``held_out=False`` draws new images of the
+    colour-shape pairs seen in training, ``held_out=True`` only pairs never seen in training."""
 
-    def __init__(self, n: int = 500, seed: int = 12345, image_size: int = 64):
-        samples = list(generate(n, seed, held_out=True, image_size=64))
+    def __init__(self, n: int = 500, seed: int = 12345, image_size: int = 64, held_out: bool = False):
+        samples = list(generate(n, seed, held_out=held_out, image_size=64))
         tf = image_transform(image_size)
         self.images = torch.stack([tf(s.image) for s in samples])
         self.captions = [s.caption for s in samples]

@@ -11,7 +11,7 @@ from ..loss import make_loss
 from ..transforms import image_transform
 from .metrics import retrieval_recall
 
-_SHAPES_CACHE: Dict[int, object] = {}
+_SHAPES_CACHE: Dict[tuple, object] = {}
 
 
 @torch.no_grad()
@@ -41,9 +41,13 @@ def validate(model, cfg, device, max_samples: int = 1024) -> Dict[str, float]:
     if cfg.data.synthetic:
         from .synthetic_tasks import ShapesBenchmark
 
-        bench = _SHAPES_CACHE.setdefault(model.image_size, ShapesBenchmark(image_size=model.image_size))
-        shapes = bench.evaluate(model, device)
-        results.update({k: v for k, v in shapes.items() if k.startswith("zeroshot_") or k.startswith("chance_")})
-        results.update({f"heldout_{k}": v for k, v in shapes.items() if "_R@" in k})
+        for held_out, prefix in ((False, ""), (True, "unseen_pairs_")):
+            key = (model.image_size, held_out)
+            if key not in _SHAPES_CACHE:
+                _SHAPES_CACHE[key] = ShapesBenchmark(image_size=model.image_size, held_out=held_out, seed=12345 + held_out)
+            shapes = _SHAPES_CACHE[key].evaluate(model, device)
+            results.update({prefix + k: v for k, v in shapes.items() if k.startswith("zeroshot_") or (k.startswith("chance_") and not prefix)})
+            if prefix:
+                results.update({prefix + k: v for k, v in shapes.items() if "_R@" in k})
     model.train(was_training)
     return results

@@ -22,6 +22,7 @@ class VisionConfig:
     heads: Optional[int] = None  # default: width // 64 (ViT), width * 32 // 64 (ResNet)
     mlp_ratio: float = 4.0
     patch_dropout: float = 0.0  # FLIP: fraction of patch tokens dropped in training
+    pos_embed_std: Optional[float] = None  # ViT positional-embedding init std (default width ** -0.5, as OpenAI)
 
     @property
     def is_resnet(self) -> bool:

@@ -21,7 +21,8 @@ class VisionTransformer(nn.Module):
         scale = width ** -0.5
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid_size ** 2 + 1, width))
+        pos_std = cfg.pos_embed_std if cfg.pos_embed_std is not None else scale
+        self.positional_embedding = nn.Parameter(pos_std * torch.randn(self.grid_size ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
         self.transformer = Transformer(width, cfg.layers, cfg.num_heads, cfg.mlp_ratio, activation)
         self.ln_post = LayerNorm(width)

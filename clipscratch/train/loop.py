@@ -16,7 +16,7 @@ from ..data.pipeline import ShardDataset, StreamSpec, batches_per_worker, expand
 from ..errors import ClipscratchError
 from ..loading import load
 from ..loss import make_loss
-from ..models import create_model
+from ..models import create_model, get_config
 from ..transforms import image_transform
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
@@ -82,6 +82,11 @@ class Trainer:
         self.main = self.accelerator.is_main_process
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
+        if not cfg.init_from:  # fail on a bad model name before any data is generated
+            try:
+                get_config(cfg.model)
+            except KeyError as e:
+                raise ClipscratchError(str(e).strip("'\"")) from None
         if cfg.data.synthetic:
             prepare_synthetic(cfg, self.accelerator)
         if not cfg.data.train:
@@ -130,11 +135,25 @@ class Trainer:
             sources=self.sources, weights=d.weights or [1.0] * len(self.sources), batch_size=d.batch_size,
             seed=self.cfg.seed, epoch=epoch, rank=self.accelerator.process_index, world_size=self.world,
             resampled=d.resampled, shuffle_buffer=d.shuffle_buffer, skip_batches=skip_batches, num_workers=d.workers,
+            gpu_decode=d.gpu_decode,
             batches_per_worker=batches_per_worker(d.samples_per_epoch, d.batch_size, self.world, d.workers) if d.resampled else None,
         )
         transform = image_transform(self.image_size, train=True, scale=tuple(d.augment_scale))
         dataset = ShardDataset(spec, transform, self.context_length, d.trim_text)
         return make_loader(dataset, d.workers, pin_memory=self.accelerator.device.type == "cuda")
+
+    def to_device(self, batch):
+        device = self.accelerator.device
+        tokens = batch["tokens"].to(device, non_blocking=True)
+        if isinstance(batch["images"], list):  # gpu_decode: JPEG bytes
+            from ..data.gpu_decode import gpu_transform
+
+            images, keep = gpu_transform(batch["images"], self.image_size, device, True, tuple(self.cfg.data.augment_scale))
+            if not keep.all():
+                self.skipped["corrupt image"] = self.skipped.get("corrupt image", 0) + int((~keep).sum())
+                tokens = tokens[keep.to(device)]
+            return images, tokens
+        return batch["images"].to(device, non_blocking=True), tokens
 
     def optimizer_step(self, micro) -> float:
         backward = self.accelerator.backward
@@ -161,8 +180,7 @@ class Trainer:
                 state.batch_in_epoch += 1
                 for kind, n in batch["skipped"].items():
                     self.skipped[kind] = self.skipped.get(kind, 0) + n
-                device = self.accelerator.device
-                micro.append((batch["images"].to(device, non_blocking=True), batch["tokens"].to(device, non_blocking=True)))
+                micro.append(self.to_device(batch))
                 if len(micro) < cfg.accum_steps:
                     continue
                 loss = self.optimizer_step(micro)

@@ -1,0 +1,100 @@
+"""Every speed option computes the same loss (and gradients) as the plain path."""
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+import clipscratch
+from clipscratch.loss import ClipLoss
+from clipscratch.train.step import plain_step
+
+
+def _batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, 32, 32, generator=g)
+    tokens = clipscratch.tokenize([f"a photo of {i} {'red ' * (i % 4)}things" for i in range(n)])
+    return images, tokens
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    loss = plain_step(model, batch, ClipLoss(), lambda l: l.backward())
+    return loss, [p.grad.clone() for p in model.parameters()]
+
+
+def _pair(**overrides):
+    torch.manual_seed(0)
+    a = clipscratch.create_model("tiny-vit", **overrides).train()
+    b = clipscratch.create_model("tiny-vit", **overrides).train()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    plain, ckpt = _pair()
+    ckpt.set_grad_checkpointing(True)
+    la, ga = _loss_and_grads(plain, _batch())
+    lb, gb = _loss_and_grads(ckpt, _batch())
+    assert la == pytest.approx(lb, abs=1e-6)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(ga, gb))
+
+
+def test_trimmed_text_gives_the_same_loss_and_gradients():
+    a, b = _pair()
+    images, tokens = _batch()
+    trimmed = tokens[:, : int((tokens != 0).sum(1).max())]
+    assert trimmed.shape[1] < tokens.shape[1]
+    la, ga = _loss_and_grads(a, (images, tokens))
+    lb, gb = _loss_and_grads(b, (images, trimmed))
+    assert la == pytest.approx(lb, abs=1e-5)
+    assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(ga, gb))
+
+
+def test_fused_adamw_takes_the_same_step():
+    from clipscratch.train.config import OptimConfig
+    from clipscratch.train.optim import make_optimizer
+
+    a, b = _pair()
+    _loss_and_grads(a, _batch())
+    _loss_and_grads(b, _batch())
+    make_optimizer(a, OptimConfig()).step()
+    make_optimizer(b, OptimConfig(), fused=True).step()
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_torch_compile_gives_the_same_loss():
+    a, b = _pair()
+    compiled = torch.compile(b)
+    la, _ = _loss_and_grads(a, _batch())
+    lb = plain_step(compiled, _batch(), ClipLoss(), lambda l: l.backward())
+    assert la == pytest.approx(lb, abs=1e-5)
+
+
+def test_patch_dropout_keeps_the_cls_token_and_a_fixed_share_and_is_off_in_eval():
+    a, b = _pair(vision={"patch_dropout": 0.5})
+    plain, _ = _pair()
+    images, _ = _batch()
+    b.eval()
+    plain.eval()
+    plain.load_state_dict(b.state_dict())
+    with torch.no_grad():
+        assert torch.equal(b.encode_image(images), plain.encode_image(images))  # identity at eval
+    x = torch.randn(2, 17, 64)
+    kept = a.visual._drop_patches(x)
+    assert kept.shape == (2, 1 + 8, 64) and torch.equal(kept[:, 0], x[:, 0])
+
+
+def test_gpu_decode_path_matches_the_pil_eval_transform_closely():
+    from clipscratch.data.gpu_decode import gpu_transform
+
+    g = torch.Generator().manual_seed(0)
+    arr = (torch.rand(96, 128, 3, generator=g) * 8 + torch.linspace(0, 190, 128)[None, :, None]).to(torch.uint8).numpy()  # smooth content
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+    raw = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    bad = torch.frombuffer(bytearray(b"\xff\xd8 not really a jpeg"), dtype=torch.uint8)
+    images, keep = gpu_transform([raw, bad, raw], 64, "cpu", train=False)
+    assert keep.tolist() == [True, False, True] and images.shape == (2, 3, 64, 64)
+    reference = clipscratch.image_transform(64)(Image.open(io.BytesIO(buf.getvalue())))
+    assert (images[0] - reference).abs().mean() < 0.05  # resampling differs from PIL's bicubic by rounding
