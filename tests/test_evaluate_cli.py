@@ -75,3 +75,11 @@ def test_bad_input_is_one_line_error(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "zeroshot", "--model", str(tmp_path / "nope.pt")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "nope.pt" in out.stderr
+
+
+def test_missing_torchvision_dataset_names_the_download_flag(tmp_path):
+    from clipscratch.errors import ClipscratchError
+    from clipscratch.eval.datasets import from_spec
+
+    with pytest.raises(ClipscratchError, match="--download"):
+        from_spec("cifar10", "test", root=str(tmp_path))

@@ -13,6 +13,17 @@ def _inputs(size):
     return images, tokens
 
 
+@torch.no_grad()
+def _assert_matches_hf(ours, ref, image_size):
+    images, tokens = _inputs(image_size)
+    ref_img = ref.get_image_features(pixel_values=images)
+    ref_txt = ref.get_text_features(input_ids=tokens)
+    ref_img = getattr(ref_img, "pooler_output", ref_img)  # newer transformers return an output object
+    ref_txt = getattr(ref_txt, "pooler_output", ref_txt)
+    assert rel_err(ours.encode_image(images), ref_img) < 1e-5
+    assert rel_err(ours.encode_text(tokens), ref_txt) < 1e-5
+
+
 def test_encoders_match_transformers_clipmodel_vit_b32(tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.CLIPConfig(
@@ -27,14 +38,7 @@ def test_encoders_match_transformers_clipmodel_vit_b32(tmp_path):
     ref.save_pretrained(tmp_path / "hf")
     ours, _ = clipscratch.load(str(tmp_path / "hf"))
     assert ours.config == clipscratch.get_config("ViT-B/32")
-    images, tokens = _inputs(224)
-    with torch.no_grad():
-        ref_img = ref.get_image_features(pixel_values=images)
-        ref_txt = ref.get_text_features(input_ids=tokens)
-        ref_img = getattr(ref_img, "pooler_output", ref_img)
-        ref_txt = getattr(ref_txt, "pooler_output", ref_txt)
-        assert rel_err(ours.encode_image(images), ref_img) < 1e-5
-        assert rel_err(ours.encode_text(tokens), ref_txt) < 1e-5
+    _assert_matches_hf(ours, ref, 224)
     assert torch.equal(ours.logit_scale, ref.logit_scale)
 
 
@@ -72,14 +76,7 @@ def test_export_to_hf_loads_in_transformers(tmp_path):
     model = randomize_(clipscratch.create_model("tiny-vit"), seed=10).eval()
     export(model, str(tmp_path / "hf"), "hf")
     ref = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf")).eval()
-    images, tokens = _inputs(32)
-    with torch.no_grad():
-        ref_img = ref.get_image_features(pixel_values=images)
-        ref_txt = ref.get_text_features(input_ids=tokens)
-        ref_img = getattr(ref_img, "pooler_output", ref_img)
-        ref_txt = getattr(ref_txt, "pooler_output", ref_txt)
-        assert rel_err(model.encode_image(images), ref_img) < 1e-5
-        assert rel_err(model.encode_text(tokens), ref_txt) < 1e-5
+    _assert_matches_hf(model, ref, 32)
 
 
 def test_export_to_open_clip_loads_in_open_clip(tmp_path):

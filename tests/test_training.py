@@ -16,7 +16,7 @@ from clipscratch.train.optim import freeze, make_optimizer, no_weight_decay, war
 from clipscratch.train.config import OptimConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["model=tiny-vit", "data.synthetic=384", "data.batch_size=32", "data.workers=1", "epochs=2",
+TINY = ["model=tiny-vit", "data.synthetic=384", "eval_zeroshot=[digits]", "data.batch_size=32", "data.workers=1", "epochs=2",
         "optim.warmup_steps=3", "log_every=1", "save_every=5", "keep_checkpoints=10"]
 
 
@@ -109,6 +109,8 @@ def test_sigkill_mid_run_then_resume_reproduces_the_loss_sequence(tmp_path):
     model, _ = clipscratch.load(str(full / "checkpoints" / "step_00000024"))
     assert model.config == clipscratch.get_config("tiny-vit")
     assert (full / "curves.png").exists() and (full / "results.json").exists()
+    results = json.load(open(full / "results.json"))
+    assert 0 <= results["zeroshot_top1_digits"] <= 1 and results["chance_colour"] == pytest.approx(1 / 6)
 
 
 def test_configs_default_yaml_is_the_embedded_default():

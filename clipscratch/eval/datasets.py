@@ -4,7 +4,8 @@ prompt templates and (where present) captions, whatever the source.
 Spec strings name a dataset on the command line:
 
     digits                     scikit-learn's bundled 8x8 digits (no download)
-    shapes:TASK                the held-out coloured shapes; TASK = colour | shape | count | position | plural (binary)
+    shapes:TASK                fresh coloured-shape images; TASK = colour | shape | count | position | plural (binary)
+    shapes-unseen:TASK         the same, with test images only of colour-shape pairs held out of training
     imagefolder:DIR            one sub-folder of images per class
     csv:FILE / jsonl:FILE      image + label (class name or index) and/or caption columns
     wds:PATTERN                webdataset shards (txt captions; json "label" if present)
@@ -92,13 +93,14 @@ def digits(split: str = "test", seed: int = 0) -> EvalData:
     return EvalData(f"digits-{split}", images, torch.tensor(bunch.target[idx]), p["classnames"], p["templates"])
 
 
-def shapes(task: str = "colour", split: str = "test", n: int = 600) -> EvalData:
-    """Coloured shapes; ``test`` holds only the colour-shape pairs held out of training."""
+def shapes(task: str = "colour", split: str = "test", n: int = 600, unseen_pairs: bool = False) -> EvalData:
+    """Fresh coloured-shape images of the colour-shape pairs seen in training (``train`` and
+    ``test`` differ in seed); with ``unseen_pairs`` the test split holds only the held-out pairs."""
     from ..data.synthetic import TASKS, generate
 
     if task not in TASKS and task != "plural":
         raise ClipscratchError(f"unknown shapes task {task!r}; use one of {sorted(TASKS) + ['plural']}")
-    samples = list(generate(n, 12345 if split == "test" else 777, held_out=(split == "test")))
+    samples = list(generate(n, 12345 if split == "test" else 777, held_out=(unseen_pairs and split == "test")))
     if task == "plural":  # a binary task: one shape (0) or several (1)
         classnames, templates = ["one shape", "several shapes"], ["a photo of {}"]
         labels = torch.tensor([int(s.count > 1) for s in samples])
@@ -106,7 +108,7 @@ def shapes(task: str = "colour", split: str = "test", n: int = 600) -> EvalData:
         classnames, templates = TASKS[task]
         labels = torch.tensor([s.labels()[task] for s in samples])
     return EvalData(
-        f"shapes-{task}-{split}-{n}", [s.image for s in samples], labels,
+        f"shapes{'-unseen' if unseen_pairs else ''}-{task}-{split}-{n}", [s.image for s in samples], labels,
         list(classnames), list(templates), captions=[[s.caption] for s in samples],
         extra={"boxes": [s.boxes for s in samples], "meta": [s.meta() for s in samples]},
     )
@@ -244,8 +246,8 @@ def from_spec(spec: str, split: str = "test", root: str = "data", download: bool
     kind, _, arg = spec.partition(":")
     if kind == "digits":
         return digits(split)
-    if kind == "shapes":
-        return shapes(arg or "colour", split)
+    if kind in ("shapes", "shapes-unseen"):
+        return shapes(arg or "colour", split, unseen_pairs=(kind == "shapes-unseen"))
     if kind == "imagefolder":
         return imagefolder(arg)
     if kind in ("csv", "tsv", "jsonl"):
@@ -254,7 +256,7 @@ def from_spec(spec: str, split: str = "test", root: str = "data", download: bool
         return shards(arg)
     if kind in _TORCHVISION:
         return torchvision_dataset(kind, root, split, download)
-    raise ClipscratchError(f"unknown dataset {spec!r}; use digits, shapes:TASK, imagefolder:DIR, csv:FILE, jsonl:FILE, "
+    raise ClipscratchError(f"unknown dataset {spec!r}; use digits, shapes:TASK, shapes-unseen:TASK, imagefolder:DIR, csv:FILE, jsonl:FILE, "
                            f"wds:PATTERN or one of {', '.join(_TORCHVISION)}")
 
 

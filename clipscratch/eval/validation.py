@@ -49,5 +49,14 @@ def validate(model, cfg, device, max_samples: int = 1024) -> Dict[str, float]:
             results.update({prefix + k: v for k, v in shapes.items() if k.startswith("zeroshot_") or (k.startswith("chance_") and not prefix)})
             if prefix:
                 results.update({prefix + k: v for k, v in shapes.items() if "_R@" in k})
+    for spec in cfg.eval_zeroshot:  # the evaluation suite's zero-shot, on any dataset it knows
+        from .datasets import from_spec
+        from .features import FeatureExtractor
+        from .zeroshot import zeroshot_metrics
+
+        data = from_spec(spec, "test", cfg.eval_root)
+        ex = FeatureExtractor(model, image_transform(model.image_size), device, progress=False)
+        metrics = zeroshot_metrics(ex.image_features(data), data.labels, ex.classifier(data.classnames, data.templates))
+        results[f"zeroshot_top1_{spec}"] = metrics["top1"]
     model.train(was_training)
     return results

@@ -60,6 +60,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     eval_every: int = 0  # >0: zero-shot / validation evaluation every N steps
+    eval_zeroshot: List[str] = field(default_factory=list)  # dataset specs for evaluate.py's zero-shot, e.g. ["digits", "cifar10"]
+    eval_root: str = "data"  # root of torchvision datasets named in eval_zeroshot
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
