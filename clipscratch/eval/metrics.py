@@ -7,17 +7,6 @@ import torch
 import torch.nn.functional as F
 
 
-@torch.no_grad()
-def zeroshot_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[str], device="cpu") -> torch.Tensor:
-    """Class embeddings [C, E]: mean of the normalised template embeddings per class, renormalised."""
-    weights = []
-    for name in classnames:
-        tokens = tokenizer([t.format(name) for t in templates]).to(device)
-        emb = F.normalize(model.encode_text(tokens).float(), dim=-1).mean(0)
-        weights.append(F.normalize(emb, dim=-1))
-    return torch.stack(weights)
-
-
 def classify(image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
     """Logits [N, C] of normalised image features against class embeddings."""
     return 100.0 * F.normalize(image_features.float(), dim=-1) @ classifier.T
