@@ -117,3 +117,20 @@ def test_configs_default_yaml_is_the_embedded_default():
     from clipscratch.train.config import DEFAULT_RUN
 
     assert load_config(os.path.join(ROOT, "configs", "default.yaml"), []) == load_config(None, [], base=DEFAULT_RUN)
+
+
+def test_siglip_gradient_caching_and_locked_image_tuning_train_end_to_end(tmp_path):
+    out = tmp_path / "lit"
+    p = _train(["model=tiny-vit", "data.synthetic=256", "data.batch_size=16", "data.workers=1", "max_steps=4",
+                "loss=siglip", "accum_steps=2", "freeze=[visual.*]", "grad_checkpointing=true", "log_every=1",
+                f"output_dir={out}"])
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-2000:]
+    losses = [l for _, l in _losses(out)]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    torch.manual_seed(0)  # train.py seeds 0 before building the model: the frozen tower is the initial one
+    initial = clipscratch.create_model("tiny-vit", init_logit_bias=-10.0, init_logit_scale=2.302585092994046)
+    trained, _ = clipscratch.load(str(out / "checkpoints" / "step_00000004"))
+    for name, value in trained.state_dict().items():
+        same = torch.equal(value, initial.state_dict()[name])
+        assert same == name.startswith("visual."), name
