@@ -95,12 +95,9 @@ class SkipLog:
 
     def __init__(self):
         self.counts: Dict[str, int] = {}
-        self.examples: List[str] = []
 
-    def add(self, kind: str, where: str) -> None:
+    def add(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        if len(self.examples) < 3:
-            self.examples.append(f"{kind}: {where}")
 
     def drain(self) -> Dict[str, int]:
         counts, self.counts = self.counts, {}
@@ -129,29 +126,36 @@ def skip(n: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     return stage
 
 
+def _caption(sample: Sample, log: SkipLog) -> Optional[str]:
+    """The sample's stripped caption, or None (counted) when it is missing or blank."""
+    text = sample.get("txt")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if text is None or not text.strip():
+        log.add("missing caption")
+        return None
+    return text.strip()
+
+
 def decode(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     """Raw tar members -> {"key", "image": PIL RGB, "caption": str}; corrupt ones counted and dropped."""
 
     def stage(samples):
         for s in samples:
-            key = s.get("__key__", "?")
-            where = f"{s.get('__url__', '?')}:{key}"
             raw = next((s[k] for k in ("jpg", "jpeg", "png", "webp") if k in s), None)
-            text = s.get("txt")
             if raw is None:
-                log.add("missing image", where)
+                log.add("missing image")
                 continue
-            if text is None or not text.strip():
-                log.add("missing caption", where)
+            caption = _caption(s, log)
+            if caption is None:
                 continue
             try:
                 with Image.open(io.BytesIO(raw)) as im:
                     image = im.convert("RGB")
             except (OSError, ValueError, Image.DecompressionBombError):
-                log.add("corrupt image", where)
+                log.add("corrupt image")
                 continue
-            caption = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-            yield {"key": key, "image": image, "caption": caption.strip()}
+            yield {"key": s.get("__key__", "?"), "image": image, "caption": caption}
 
     return stage
 
@@ -161,18 +165,14 @@ def raw_jpegs(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
 
     def stage(samples):
         for s in samples:
-            where = f"{s.get('__url__', '?')}:{s.get('__key__', '?')}"
             raw = s.get("jpg", s.get("jpeg"))
-            text = s.get("txt")
             if raw is None or raw[:2] != b"\xff\xd8":
-                log.add("not a JPEG", where)
+                log.add("not a JPEG")
                 continue
-            if text is None or not text.strip():
-                log.add("missing caption", where)
-                continue
-            caption = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-            yield {"key": s.get("__key__", "?"), "image": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
-                   "caption": caption.strip()}
+            caption = _caption(s, log)
+            if caption is not None:
+                yield {"key": s.get("__key__", "?"), "image": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                       "caption": caption}
 
     return stage
 
@@ -211,15 +211,14 @@ def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, lo
     return stage
 
 
-class _UrlOpener:
-    """tar reading stage that counts unreadable shards instead of raising."""
+def count_unreadable_shards(log: SkipLog) -> Callable[[Exception], bool]:
+    """webdataset error handler: count the bad shard (or tar member) and keep going."""
 
-    def __init__(self, log: SkipLog):
-        self.log = log
+    def handler(exn: Exception) -> bool:
+        log.add("unreadable shard")
+        return True
 
-    def handler(self, exn: Exception) -> bool:
-        self.log.add("unreadable shard", f"{type(exn).__name__}: {str(exn)[:120]}")
-        return True  # keep going
+    return handler
 
 
 class ShardDataset(torch.utils.data.IterableDataset):
@@ -239,10 +238,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
         limit = spec.batches_per_worker
         if limit is not None:
             limit = max(0, limit - skip_batches)
-        opener = _UrlOpener(log)
         stages = [
             lambda _: shard_urls(spec),
-            wds.tarfile_to_samples(handler=opener.handler),
+            wds.tarfile_to_samples(handler=count_unreadable_shards(log)),
             shuffle(spec.shuffle_buffer, _rng(spec, "shuffle")),
             skip(skip_batches * spec.batch_size),
             raw_jpegs(log) if spec.gpu_decode else decode(log),

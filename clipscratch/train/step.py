@@ -63,7 +63,7 @@ def grad_cache_step(model, micro_batches: List[Batch], loss_fn, backward, no_syn
             if k == last:  # the temperature's gradient enters once, through the model's own forward
                 surrogate = surrogate + scale_k * grads[2]
                 if bias_leaf is not None:
-                    surrogate = surrogate + _temperature(model)[1] * grads[3]
+                    surrogate = surrogate + bias * grads[3]
             backward(surrogate)
     torch.set_rng_state(end_state)
     return loss.item()
