@@ -10,7 +10,6 @@ counted with torch.utils.flop_counter on one forward+backward.
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -147,7 +146,7 @@ def main():
                         continue
                     rows.append(r)
                     print(json.dumps(r), flush=True)
-    print(f"\n| model | mode | impl | text | batch | samples/s | step ms | TFLOP/s | % of matmul peak | peak GiB | vs open_clip (same mode) |")
+    print("\n| model | mode | impl | text | batch | samples/s | step ms | TFLOP/s | % of matmul peak | peak GiB | vs open_clip (same mode) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next((x for x in rows if x["impl"] == "open_clip" and x["model"] == r["model"] and x["mode"] == r["mode"]), None)

@@ -1,10 +1,8 @@
 """Shard writing and reading; bad samples and shards are skipped and counted."""
 import io
-import os
 import tarfile
 
 import pytest
-import torch
 from PIL import Image
 
 from clipscratch.data.make_shards import main as make_shards_main

@@ -10,7 +10,7 @@ from clipscratch.eval.clipscore import clip_score, ref_clip_score
 from clipscratch.eval.datasets import few_shot_indices
 from clipscratch.eval.gradcam import pointing_game
 from clipscratch.eval.linear_probe import linear_probe
-from clipscratch.eval.metrics import classify, mean_per_class_recall, retrieval_recall, topk_accuracy
+from clipscratch.eval.metrics import retrieval_recall
 from clipscratch.eval.tip_adapter import build_cache, tip_logits
 from clipscratch.eval.zeroshot import zeroshot_metrics
 

@@ -74,7 +74,6 @@ def test_preprocess_matches_openai():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (180, 260, 3), dtype=np.uint8))
     ours = clipscratch.image_transform(224)(image)
-    ref = openai_model  # noqa: F841
     from clip.clip import _transform
 
     assert torch.equal(ours, _transform(224)(image))

@@ -12,7 +12,7 @@ import torch
 import clipscratch
 from clipscratch.errors import ClipscratchError
 from clipscratch.train.config import load_config
-from clipscratch.train.optim import freeze, make_optimizer, no_weight_decay, warmup_cosine
+from clipscratch.train.optim import freeze, make_optimizer, warmup_cosine
 from clipscratch.train.config import OptimConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

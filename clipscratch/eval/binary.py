@@ -7,8 +7,6 @@ logistic regression on [image features, caption features] from k examples per cl
 """
 from __future__ import annotations
 
-from typing import List
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -6,7 +6,7 @@ image is the candidate, the others are its references.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F

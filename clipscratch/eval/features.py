@@ -7,12 +7,12 @@ import os
 from typing import Callable, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..tokenizer import get_tokenizer
 from .datasets import EvalData
+from .metrics import template_ensemble
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -83,5 +83,4 @@ class FeatureExtractor:
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Zero-shot class embeddings [C, E]: mean of normalised template embeddings, renormalised."""
         texts = [t.format(c) for c in classnames for t in templates]
-        emb = F.normalize(self.text_features(texts), dim=-1).view(len(classnames), len(templates), -1)
-        return F.normalize(emb.mean(1), dim=-1)
+        return template_ensemble(self.text_features(texts), len(classnames))

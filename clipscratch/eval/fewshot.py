@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import ClipscratchError
 from .datasets import few_shot_indices
-from .metrics import topk_accuracy
+from .metrics import classify, template_ensemble, topk_accuracy
 
 PARTS = {
     "text": ["text.*"],
@@ -36,8 +36,8 @@ def trainable_names(model, part: str) -> List[str]:
 
 
 def class_embeddings(model, tokens: torch.Tensor, n_classes: int) -> torch.Tensor:
-    emb = F.normalize(model.encode_text(tokens).float(), dim=-1).view(n_classes, -1, model.config.embed_dim)
-    return F.normalize(emb.mean(1), dim=-1)  # [C, E]
+    """Class embeddings [C, E] through the model, differentiable when the text side trains."""
+    return template_ensemble(model.encode_text(tokens), n_classes)
 
 
 def finetune(model, part: str, images: torch.Tensor, labels: torch.Tensor, class_tokens: torch.Tensor, n_classes: int,
@@ -85,7 +85,7 @@ def run(suite, args) -> dict:
     test_feats = ex.image_features(test)
     train_feats = ex.image_features(train)
     tokens = ex.tokenizer([t.format(c) for c in test.classnames for t in test.templates]).to(suite.device)
-    zs = topk_accuracy(F.normalize(test_feats, dim=-1) @ ex.classifier(test.classnames, test.templates).T, test.labels)
+    zs = topk_accuracy(classify(test_feats, ex.classifier(test.classnames, test.templates)), test.labels)
     rows, series = [], {}
     for part in args.parts:
         series[part] = {}
@@ -115,4 +115,4 @@ def _accuracy(model, suite, test, tokens, cached_test_feats, part) -> float:
     else:
         feats = cached_test_feats
     classes = class_embeddings(model, tokens, len(test.classnames)).cpu()
-    return topk_accuracy(F.normalize(feats, dim=-1) @ classes.T, test.labels)
+    return topk_accuracy(classify(feats, classes), test.labels)

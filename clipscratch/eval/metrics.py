@@ -1,10 +1,17 @@
 """Metrics on features: zero-shot classifiers, accuracy, recall@k. Pure tensor functions."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
+
+
+def template_ensemble(text_features: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Text features of every class x template [C * T, E] (class-major) -> class embeddings [C, E]:
+    the mean of each class's normalised template embeddings, renormalised."""
+    emb = F.normalize(text_features.float(), dim=-1).view(n_classes, -1, text_features.shape[-1])
+    return F.normalize(emb.mean(1), dim=-1)
 
 
 def classify(image_features: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, Optional
 
-import torch
-
 from . import binary, clipscore, fewshot, gradcam, linear_probe, retrieval, tip_adapter, zeroshot
 from .datasets import EvalData, from_spec
 from .features import FeatureExtractor

@@ -9,14 +9,14 @@ alpha and beta are searched on a validation split. Tip-Adapter-F finetunes the k
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .datasets import few_shot_indices
-from .metrics import topk_accuracy
+from .metrics import classify, topk_accuracy
 
 
 def tip_logits(features: torch.Tensor, classifier: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -24,7 +24,7 @@ def tip_logits(features: torch.Tensor, classifier: torch.Tensor, keys: torch.Ten
     f = F.normalize(features.float(), dim=-1)  # [N, E]
     affinity = f @ keys.T  # [N, NK]
     cache_logits = torch.exp(-beta * (1 - affinity)) @ values  # [N, C]
-    return 100.0 * f @ classifier.T + alpha * cache_logits
+    return classify(f, classifier) + alpha * cache_logits
 
 
 def search_alpha_beta(features, labels, classifier, keys, values, alphas: Sequence[float], betas: Sequence[float]) -> Tuple[float, float, float]:
@@ -70,7 +70,7 @@ def run(suite, args) -> dict:
     ex = suite.extractor
     train_feats, test_feats = ex.image_features(train), ex.image_features(test)
     classifier = ex.classifier(test.classnames, test.templates)
-    zs = topk_accuracy(100.0 * F.normalize(test_feats, dim=-1) @ classifier.T, test.labels)
+    zs = topk_accuracy(classify(test_feats, classifier), test.labels)
     alphas, betas = np.linspace(0.1, 5, 25).tolist(), np.linspace(0.5, 10, 20).tolist()
     rows, series = [], {"Tip-Adapter": {}, "Tip-Adapter-F": {}}
     for k in args.shots:

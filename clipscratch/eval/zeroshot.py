@@ -1,7 +1,7 @@
 """Zero-shot classification: one template, custom templates, or the dataset's ensemble."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict
 
 import torch
 

@@ -6,8 +6,6 @@ Activations are batch-first: ``[B, T, C]``.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn

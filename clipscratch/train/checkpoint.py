@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from ..errors import ClipscratchError
-from ..loading import load_state_dict_checked, save_checkpoint
+from ..loading import load_state_dict_checked, read_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
 
 STATE_NAME = "train_state.pt"
@@ -82,9 +82,7 @@ def resolve(output_dir: str, resume: str) -> Optional[str]:
 
 
 def restore(path: str, model, optimizer, scheduler, scaler=None) -> TrainState:
-    from ..loading import read_checkpoint
-
-    cfg, sd = read_checkpoint(path)
+    _, sd = read_checkpoint(path)
     load_state_dict_checked(model, sd, source=path)
     try:
         saved = torch.load(os.path.join(path, STATE_NAME), map_location="cpu", weights_only=True)
