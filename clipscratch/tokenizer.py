@@ -3,7 +3,8 @@
 Output is identical to OpenAI's ``clip.tokenize(texts, truncate=True)``:
 
 1. clean as OpenAI does: ``ftfy.fix_text``, ``html.unescape`` twice, collapse
-   whitespace, strip, lowercase (pure-ASCII text that ftfy cannot change skips ftfy);
+   whitespace, strip, lowercase; text that ftfy provably leaves unchanged skips it
+   (see ``text_cleaning.py``);
 2. split into words with OpenAI's regular expression (the ``regex`` module, as
    OpenAI; the standard ``re`` for ASCII text, where both agree), where ``<|startoftext|>`` / ``<|endoftext|>`` written in a caption are
    matched as words and, as in OpenAI's tokenizer, become the special tokens;
@@ -16,19 +17,20 @@ see ``NOTICE_bpe_vocab.txt`` beside it).
 """
 from __future__ import annotations
 
+import array
 import functools
 import gzip
-import html
 import os
 import re
 from typing import List, Sequence, Union
 
-import ftfy
 import numpy as np
 import regex
 import torch
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import models, pre_tokenizers
+
+from .text_cleaning import clean_text, is_plain_ascii
 
 VOCAB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpe_simple_vocab_16e6.txt.gz")
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -36,11 +38,11 @@ _WORD_PATTERN = regex.compile(
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
     regex.IGNORECASE,
 )
-_WHITESPACE = regex.compile(r"\s+")
 # For ASCII text the same split with the standard library's (faster) engine.
 _ASCII_WORD_PATTERN = re.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-zA-Z]+|[0-9]|[^\sa-zA-Z0-9]+""")
-_NOT_PLAIN_ASCII = re.compile(r"[^\x20-\x7e\t\n\r]")
-_CACHE_LIMIT = 1_000_000  # words remembered before the BPE cache is cleared
+_CACHE_LIMIT = 1_000_000  # chunks remembered before the BPE cache is cleared
+_MARKER = "\x00"  # joins texts in a batch; never a chunk of cleaned text (see Tokenizer._flat_ids)
+_MARKER_IDS = array.array("i", [-1]).tobytes()
 
 
 def bytes_to_unicode() -> dict:
@@ -56,24 +58,11 @@ def bytes_to_unicode() -> dict:
     return dict(zip(printable, (chr(c) for c in codes)))
 
 
-def _is_plain_ascii(text: str) -> bool:
-    """Printable ASCII (plus tab/newline/CR) without '&': text that ftfy and html.unescape leave alone."""
-    return text.isascii() and "&" not in text and (text.isprintable() or not _NOT_PLAIN_ASCII.search(text))
-
-
-def clean_text(text: str) -> str:
-    """OpenAI's basic_clean + whitespace_clean + lower()."""
-    if _is_plain_ascii(text):
-        return " ".join(text.split()).lower()
-    text = html.unescape(html.unescape(ftfy.fix_text(text)))
-    return _WHITESPACE.sub(" ", text.strip()).strip().lower()
-
-
 def split_chunks(text: str) -> List[str]:
     """Clean ``text`` and cut it at spaces. No word of OpenAI's pattern spans a space, so
     the words of a text are the words of its chunks, in order; chunks repeat far more
     than whole captions, which makes them a good cache key."""
-    if _is_plain_ascii(text):
+    if is_plain_ascii(text):
         return text.lower().split()
     cleaned = clean_text(text)
     return cleaned.split(" ") if cleaned else []
@@ -110,9 +99,7 @@ class Tokenizer:
         self.vocab_size = len(vocab)
         self.sot_token_id = vocab[SOT]
         self.eot_token_id = vocab[EOT]
-        self._chunk_ids: dict = {}  # space-free chunk -> BPE ids, filled by the Rust BPE in batches
-        self._id_to_token = {i: t for t, i in vocab.items()}
-        self._byte_decoder = {c: b for b, c in bytes_to_unicode().items()}
+        self._chunk_ids: dict = {_MARKER: _MARKER_IDS}  # space-free chunk -> int32 BPE ids as bytes
 
     def words(self, text: str) -> List[str]:
         return split_words(text)
@@ -122,39 +109,67 @@ class Tokenizer:
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        chunks = [split_chunks(t) for t in texts]
+        flat, starts, ends = self._flat_ids(texts)
+        return [flat[s:e].tolist() for s, e in zip(starts, ends)]
+
+    def _flat_ids(self, texts: Sequence[str]):
+        """All texts' ids in one array, and each text's [start, end) in it.
+
+        The cleaned, lower-cased texts are joined with a marker chunk and split once. The
+        marker is NUL, which cleaned text never holds (plain ASCII excludes it, ftfy removes
+        it and ``html.unescape`` turns ``&#0;`` into U+FFFD). Each chunk's ids are cached as
+        int32 bytes, so a batch's ids are one ``bytes.join``; the marker's id (-1) shows where
+        each text ends."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        lowered = [text.lower() if is_plain_ascii(text) else clean_text(text) for text in texts]
+        chunks = f" {_MARKER} ".join(lowered).split()
         cache = self._chunk_ids
-        missing = {c for cs in chunks for c in cs if c not in cache}
+        missing = set(chunks).difference(cache)
         if missing:
             if len(cache) + len(missing) > _CACHE_LIMIT:
                 cache.clear()
+                cache[_MARKER] = _MARKER_IDS
             cache.update(self._encode_chunks(missing))
-        return [[i for c in cs for i in cache[c]] for cs in chunks]
+        flat = np.frombuffer(b"".join(map(cache.__getitem__, chunks)), dtype=np.int32).astype(np.int64)
+        markers = np.flatnonzero(flat == -1)
+        starts = np.concatenate([[0], markers + 1])
+        ends = np.concatenate([markers, [len(flat)]])
+        return flat, starts, ends
 
     def _encode_chunks(self, chunks) -> dict:
-        """BPE ids of each chunk; every distinct word goes through the Rust BPE once."""
+        """BPE ids (int32 bytes) of each chunk; every distinct word goes through the Rust BPE once."""
         words = {c: _chunk_words(c) for c in chunks}
         unique = list({w for ws in words.values() for w in ws})
         encodings = self._rust.encode_batch([[w] for w in unique], is_pretokenized=True, add_special_tokens=False)
-        word_ids = dict(zip(unique, (e.ids for e in encodings)))
-        return {c: [i for w in ws for i in word_ids[w]] for c, ws in words.items()}
+        word_ids = {w: array.array("i", e.ids).tobytes() for w, e in zip(unique, encodings)}
+        return {c: b"".join([word_ids[w] for w in ws]) for c, ws in words.items()}
+
+    @functools.cached_property
+    def _decoder_tables(self):
+        """id -> token and unicode char -> byte, built on the first decode."""
+        return {i: t for t, i in self._rust.get_vocab().items()}, {c: b for b, c in bytes_to_unicode().items()}
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids back to text (special tokens and padding dropped)."""
-        tokens = [self._id_to_token[int(i)] for i in ids if int(i) not in (0, self.sot_token_id, self.eot_token_id)]
+        id_to_token, byte_decoder = self._decoder_tables
+        tokens = [id_to_token[int(i)] for i in ids if int(i) not in (0, self.sot_token_id, self.eot_token_id)]
         words = "".join(tokens).split("</w>")
-        decoded = (bytearray(self._byte_decoder[c] for c in w).decode("utf-8", errors="replace") for w in words)
+        decoded = (bytearray(byte_decoder[c] for c in w).decode("utf-8", errors="replace") for w in words)
         return " ".join(decoded).strip()
 
     def __call__(self, texts: Union[str, Sequence[str]], context_length: int = None) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
         ctx = context_length or self.context_length
-        sot, eot = [self.sot_token_id], [self.eot_token_id]
-        rows = [sot + ids[: ctx - 2] + eot for ids in self.encode_batch(texts)]
-        result = np.zeros((len(rows), ctx), dtype=np.int64)
-        for r, tokens in enumerate(rows):
-            result[r, : len(tokens)] = tokens
+        flat, starts, ends = self._flat_ids(texts)
+        kept = np.minimum(ends - starts, ctx - 2)  # truncate=True: keep the first ctx-2 ids
+        result = np.zeros((len(texts), ctx), dtype=np.int64)
+        result[:, 0] = self.sot_token_id
+        columns = np.arange(ctx - 2)
+        inside = columns[None, :] < kept[:, None]  # [N, ctx-2]
+        result[:, 1 : ctx - 1][inside] = flat[(starts[:, None] + columns[None, :])[inside]]
+        result[np.arange(len(texts)), kept + 1] = self.eot_token_id
         return torch.from_numpy(result)
 
 

@@ -21,7 +21,7 @@ CORPUS = [
     "<|endoftext| broken", "it's they're we've I'm you'll he'd", "IT'S LOUD", "numbers 1234567 3.14 1e-5 #42 @user",
     "url https://example.com/a?b=c&d=e", "tabs\tand\x0bvertical\x0cfeed\r\nwindows", "control \x00\x07\x1b[31mred\x1b[0m",
     "zero\u200bwidth\u00a0nbsp\u2028line", "ß ẞ İstanbul ǅ", "a" * 300, " ".join(["word"] * 200),
-    "supercalifragilisticexpialidocious " * 20, "🙂" * 100,
+    "supercalifragilisticexpialidocious " * 20, "🙂" * 100, "\x00", "a \x00 b", "nul&#0;entity &#x0; ok",
 ]
 
 
@@ -41,6 +41,15 @@ def test_special_token_text_inside_a_caption_is_what_openai_makes_of_it():
     tokens = clipscratch.tokenize(["a <|endoftext|> b"])[0]
     assert (tokens == 49407).sum().item() == 2  # OpenAI's encoder maps the written token to the special id
     assert torch.equal(tokens, clip.tokenize(["a <|endoftext|> b"])[0])
+
+
+def test_batches_of_zero_and_one_and_other_context_lengths():
+    assert clipscratch.tokenize([]).shape == (0, 77)
+    tokenizer = clipscratch.get_tokenizer()
+    assert tokenizer.encode_batch([]) == [] and tokenizer.encode("") == []
+    texts = ["a photo of a cat", "", "Café “x”"]
+    for ctx in (8, 32, 77, 100):
+        assert torch.equal(tokenizer(texts, context_length=ctx), clip.tokenize(texts, context_length=ctx, truncate=True))
 
 
 def test_over_long_captions_truncate_with_eot_last():
