@@ -5,7 +5,7 @@
 Writes JPEG shards of 256x256 shape images with make_shards' writer (in parallel), then
 times compiled clipscratch ViT-B/32 steps (bf16, batch 512) fed by ShardDataset
 (decode, RandomResizedCrop, tokenisation in the workers) against the same step on a
-fixed on-GPU batch.
+fixed on-GPU batch, for each way of feeding (--variants), and prints a table.
 """
 import argparse
 import json
@@ -36,6 +36,13 @@ def make_data(workdir, samples, procs):
     return f"{workdir}/part{{000..{len(jobs) - 1:03d}}}-000000.tar"
 
 
+VARIANTS = {  # name -> (what the workers send, description)
+    "float": ("float", "real pipeline, CPU decode, float32 normalised in the workers (before)"),
+    "uint8": ("uint8", "real pipeline, CPU decode, uint8 sent, normalised on the GPU (trainer default)"),
+    "gpu_decode": ("jpeg", "real pipeline, `data.gpu_decode` (nvJPEG + roi_align)"),
+}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="/tmp/bench_shards")
@@ -44,7 +51,10 @@ def main():
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--gpu-decode", action="store_true", help="decode and augment JPEGs on the GPU")
+    p.add_argument("--variants", nargs="+", default=["uint8", "float", "gpu_decode"], choices=list(VARIANTS))
+    p.add_argument("--device", default="cuda", help="cpu: a smoke run of the script (use a tiny --model)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--no-compile", action="store_true")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -53,59 +63,94 @@ def main():
     print(f"shards ready in {time.perf_counter() - t:.0f}s: {pattern}", flush=True)
 
     import clipscratch
+    from clipscratch.data.gpu_decode import gpu_transform
     from clipscratch.data.pipeline import ShardDataset, StreamSpec, expand_sources, make_loader
-    from clipscratch.transforms import image_transform
+    from clipscratch.transforms import image_transform, normalize_images
     from train_step import clip_loss
 
     torch.backends.cuda.matmul.allow_tf32 = True
-    model = clipscratch.create_model(args.model).cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    dev, size = args.device, args.image_size
+    model = clipscratch.create_model(args.model).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
 
-    @torch.compile
     def step(images, tokens):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev, dtype=torch.bfloat16):
             loss = clip_loss(model.encode_image(images), model.encode_text(tokens), model.scale())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
 
-    spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=args.batch, resampled=True,
-                      batches_per_worker=10 ** 6, shuffle_buffer=2000, num_workers=args.workers, gpu_decode=args.gpu_decode)
-    loader = make_loader(ShardDataset(spec, image_transform(224, train=True), 77, trim_text=True), args.workers, pin_memory=True)
-    from clipscratch.data.gpu_decode import gpu_transform
+    if not args.no_compile:
+        step = torch.compile(step)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+    def loader(kind):
+        spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=args.batch, resampled=True,
+                          batches_per_worker=10 ** 6, shuffle_buffer=2000, num_workers=args.workers,
+                          gpu_decode=kind == "jpeg")
+        transform = image_transform(size, train=True, normalize=kind == "float")
+        return make_loader(ShardDataset(spec, transform, 77, trim_text=True), args.workers, pin_memory=dev == "cuda")
 
     def to_gpu(b):
         if isinstance(b["images"], list):
-            images, keep = gpu_transform(b["images"], 224, "cuda", True)
-            return images, b["tokens"].cuda(non_blocking=True)[keep.cuda()]
-        return b["images"].cuda(non_blocking=True), b["tokens"].cuda(non_blocking=True)
+            images, keep = gpu_transform(b["images"], size, dev, True)
+            return images, b["tokens"].to(dev, non_blocking=True)[keep.to(dev)]
+        images = b["images"].to(dev, non_blocking=True)
+        return (normalize_images(images) if images.dtype == torch.uint8 else images), b["tokens"].to(dev, non_blocking=True)
 
-    it = iter(loader)
-    fixed_images, fixed_tokens = to_gpu(next(it))
-    for _ in range(5):
-        step(fixed_images, fixed_tokens)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        step(fixed_images, fixed_tokens)
-    torch.cuda.synchronize()
-    synthetic = (time.perf_counter() - t) / args.steps
-    for _ in range(10):  # let the workers fill their prefetch queues
-        step(*to_gpu(next(it)))
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        step(*to_gpu(next(it)))
-    torch.cuda.synchronize()
-    fed = (time.perf_counter() - t) / args.steps
-    res = {"gpu_decode": args.gpu_decode, "model": args.model, "batch": args.batch, "workers": args.workers, "text_len": int(fixed_tokens.shape[1]),
-           "synthetic_step_ms": synthetic * 1000, "data_fed_step_ms": fed * 1000,
-           "synthetic_samples_per_s": args.batch / synthetic, "data_fed_samples_per_s": args.batch / fed,
-           "slowdown": fed / synthetic - 1, "device": torch.cuda.get_device_name(), "cpus": os.cpu_count()}
+    def timed(batches):
+        for _ in range(10):  # compile / let the workers fill their prefetch queues
+            step(*next(batches))
+        sync()
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step(*next(batches))
+        sync()
+        return (time.perf_counter() - t) / args.steps
+
+    it = iter(loader("uint8"))
+    fixed = to_gpu(next(it))
+    del it
+    rows = {"synthetic": timed(iter(lambda: fixed, None))}
+    text_len = int(fixed[1].shape[1])
+    extra = {}
+    for name in args.variants:
+        kind, _ = VARIANTS[name]
+        it = iter(loader(kind))
+        rows[name] = timed(to_gpu(b) for b in it)
+        if kind == "jpeg":
+            extra["gpu_decode_profile_ms"] = profile_gpu_decode(next(it)["images"], gpu_transform, dev, size, sync)
+        del it
+    res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": text_len,
+           "step_ms": {k: v * 1000 for k, v in rows.items()},
+           "samples_per_s": {k: args.batch / v for k, v in rows.items()},
+           "slowdown_vs_synthetic": {k: v / rows["synthetic"] - 1 for k, v in rows.items()},
+           "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "cpus": os.cpu_count(), **extra}
     print(json.dumps(res, indent=2))
+    print("\n| feeding | step | samples/s | vs synthetic |\n|---|---|---|---|")
+    for k, v in rows.items():
+        label = VARIANTS[k][1] if k in VARIANTS else "synthetic on-GPU batch"
+        print(f"| {label} | {v * 1000:.1f} ms | {args.batch / v:,.0f} | {100 * (v / rows['synthetic'] - 1):+.0f}% |")
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2)
+
+
+def profile_gpu_decode(jpegs, gpu_transform, dev, size, sync):
+    """Milliseconds for one batch: nvJPEG decode alone, and the whole gpu_transform."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    out = {}
+    for label, fn in (("decode_jpeg_batched", lambda: decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=dev)),
+                      ("gpu_transform", lambda: gpu_transform(jpegs, size, dev, True))):
+        fn()
+        sync()
+        t = time.perf_counter()
+        for _ in range(3):
+            fn()
+        sync()
+        out[label] = (time.perf_counter() - t) / 3 * 1000
+    return out
 
 
 if __name__ == "__main__":

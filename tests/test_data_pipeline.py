@@ -102,3 +102,26 @@ def test_resampled_mode_mixes_sources_by_weight(tmp_path):
 def test_missing_shards_are_one_clear_error(tmp_path):
     with pytest.raises(ClipscratchError, match="no shard found"):
         expand_sources(str(tmp_path / "nothing-{000..003}.tar"))
+
+
+def test_uint8_batches_normalised_on_the_device_equal_the_float_pipeline(tmp_path):
+    """The trainer's path (uint8 from the workers, normalize_images after the copy) gives the
+    same bits as ToTensor + Normalize in the workers, with the same random crops."""
+    import torch
+
+    from clipscratch.transforms import normalize_images
+
+    write_shards(synthetic_records(12, seed=3, held_out=False, image_size=48), str(tmp_path), maxcount=12, prefix="s")
+    pattern = str(tmp_path / "s-000000.tar")
+
+    def read(normalize):
+        spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=6, shuffle_buffer=0)
+        transform = image_transform(32, train=True, scale=(0.5, 1.0), normalize=normalize)
+        return list(make_loader(ShardDataset(spec, transform, context_length=77, trim_text=False), 0))
+
+    floats, uint8s = read(True), read(False)
+    assert [b["images"].dtype for b in uint8s] == [torch.uint8] * 2
+    for f, u in zip(floats, uint8s):
+        assert u["images"].shape == f["images"].shape == (6, 3, 32, 32)
+        assert torch.equal(normalize_images(u["images"]), f["images"])
+        assert torch.equal(u["tokens"], f["tokens"])

@@ -202,7 +202,8 @@ def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, lo
                 if trim_text:
                     tokens = tokens[:, : int((tokens != 0).sum(1).max())]
                 images = [p["image"] for p in pending]
-                yield {"images": images if images[0].dtype == torch.uint8 else torch.stack(images), "tokens": tokens,
+                # JPEG bytes (1-D, gpu_decode) stay a list; decoded images, uint8 or float, are stacked
+                yield {"images": images if images[0].dim() == 1 else torch.stack(images), "tokens": tokens,
                        "captions": [p["caption"] for p in pending], "skipped": log.drain()}
                 pending, produced = [], produced + 1
                 if limit is not None and produced >= limit:
