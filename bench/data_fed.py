@@ -49,7 +49,7 @@ def main():
     p.add_argument("--samples", type=int, default=40000)
     p.add_argument("--workers", type=int, default=14)
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=60)
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--variants", nargs="+", default=["uint8", "float", "gpu_decode"], choices=list(VARIANTS))
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of the script (use a tiny --model)")
@@ -100,7 +100,7 @@ def main():
         return (normalize_images(images) if images.dtype == torch.uint8 else images), b["tokens"].to(dev, non_blocking=True)
 
     def timed(batches):
-        for _ in range(10):  # compile / let the workers fill their prefetch queues
+        for _ in range(20):  # compile / let the workers start up and fill their prefetch queues
             step(*next(batches))
         sync()
         t = time.perf_counter()

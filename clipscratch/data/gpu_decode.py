@@ -1,15 +1,16 @@
 """Decode and augment JPEG batches on the GPU (nvJPEG through torchvision), so that data
 workers only read shards and tokenise. Used when ``data.gpu_decode`` is set.
 
-Crops follow RandomResizedCrop (parameters drawn on the CPU); the resize is an
-antialiased bilinear resampling (roi_align), close to but not bit-equal with PIL's bicubic.
+Crops follow RandomResizedCrop (parameters drawn on the CPU); the resize is a box-filter
+shrink by the crops' common integer factor (antialiasing) and then one batched bilinear
+``grid_sample`` per image size: close to, not bit-equal with, PIL's bicubic.
 """
 from __future__ import annotations
 
 from typing import List, Tuple
 
 import torch
-from torchvision.ops import roi_align
+import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 
@@ -37,13 +38,32 @@ def _crop_box(h: int, w: int, train: bool, scale) -> Tuple[int, int, int, int]:
     return (h - side) // 2, (w - side) // 2, side, side
 
 
+def _resized_crops(stack: torch.Tensor, boxes: List[Tuple[int, int, int, int]], size: int) -> torch.Tensor:
+    """Crop each image of ``stack`` [n, 3, h, w] to its (top, left, height, width) box and
+    resize to ``size`` x ``size``: [n, 3, size, size]."""
+    n, _, h, w = stack.shape
+    box = torch.tensor(boxes, dtype=torch.float32, device=stack.device)  # [n, 4]
+    shrink = int(box[:, 2:].min().item() // size)
+    if shrink > 1:  # average k x k blocks first, so that bilinear sampling below does not alias
+        stack = F.avg_pool2d(stack, shrink)  # covers the first k * (h // k) rows, k * (w // k) columns
+        h, w = stack.shape[-2] * shrink, stack.shape[-1] * shrink
+    top, left, height, width = box.unbind(1)
+    # affine map from the output's [-1, 1] grid to the crop, in the input's [-1, 1] coordinates
+    theta = torch.zeros(n, 2, 3, device=stack.device)
+    theta[:, 0, 0] = width / w
+    theta[:, 0, 2] = (2 * left + width) / w - 1
+    theta[:, 1, 1] = height / h
+    theta[:, 1, 2] = (2 * top + height) / h - 1
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return F.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def gpu_transform(jpegs: List[torch.Tensor], image_size: int, device, train: bool = True,
                   scale: Tuple[float, float] = (0.9, 1.0)) -> Tuple[torch.Tensor, torch.Tensor]:
     """JPEG byte tensors -> (normalised images [B, 3, S, S] on ``device``, bool mask of the decoded ones).
 
-    Images of one size are stacked and cropped-and-resized together by ``roi_align``
-    (bilinear samples averaged over each output pixel's footprint, i.e. antialiased):
-    one kernel per distinct image size instead of one resize per image.
+    Images of one size are stacked and cropped-and-resized together: a few kernels per
+    distinct image size instead of one resize per image.
     """
     decoded = _decode(jpegs, device)
     keep = torch.tensor([d is not None for d in decoded])
@@ -53,15 +73,9 @@ def gpu_transform(jpegs: List[torch.Tensor], image_size: int, device, train: boo
     for i, img in enumerate(images):
         groups.setdefault(tuple(img.shape[1:]), []).append(i)
     for (h, w), idx in groups.items():
-        boxes = []
-        for j, i in enumerate(idx):
-            top, left, ch, cw = _crop_box(h, w, train, scale)
-            boxes.append([j, left, top, left + cw, top + ch])
+        boxes = [_crop_box(h, w, train, scale) for _ in idx]
         stack = torch.stack([images[i] for i in idx]).float()  # [n, 3, h, w]
-        boxes_t = torch.tensor(boxes, dtype=torch.float32, device=device)
-        ratio = max(1, int(round(max(b[3] - b[1] for b in boxes) / image_size)))
-        crops = roi_align(stack, boxes_t, output_size=image_size, spatial_scale=1.0, sampling_ratio=max(2, ratio), aligned=True)
-        out[torch.tensor(idx, device=device)] = crops
+        out[torch.tensor(idx, device=device)] = _resized_crops(stack, boxes, image_size)
     mean = torch.tensor(OPENAI_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(OPENAI_STD, device=device).view(1, 3, 1, 1) * 255
     return (out - mean) / std, keep
