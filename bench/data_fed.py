@@ -39,7 +39,7 @@ def make_data(workdir, samples, procs):
 VARIANTS = {  # name -> (what the workers send, description)
     "float": ("float", "real pipeline, CPU decode, float32 normalised in the workers (before)"),
     "uint8": ("uint8", "real pipeline, CPU decode, uint8 sent, normalised on the GPU (trainer default)"),
-    "gpu_decode": ("jpeg", "real pipeline, `data.gpu_decode` (nvJPEG + roi_align)"),
+    "gpu_decode": ("jpeg", "real pipeline, `data.gpu_decode` (nvJPEG + grid_sample, crops drawn in the workers)"),
 }
 
 
@@ -52,6 +52,7 @@ def main():
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--variants", nargs="+", default=["uint8", "float", "gpu_decode"], choices=list(VARIANTS))
+    p.add_argument("--prefetch", type=int, default=2, help="batches moved ahead in a thread (0: none)")
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of the script (use a tiny --model)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--no-compile", action="store_true")
@@ -65,6 +66,7 @@ def main():
     import clipscratch
     from clipscratch.data.gpu_decode import gpu_transform
     from clipscratch.data.pipeline import ShardDataset, StreamSpec, expand_sources, make_loader
+    from clipscratch.data.prefetch import prefetch_to_device
     from clipscratch.transforms import image_transform, normalize_images
     from train_step import clip_loss
 
@@ -94,7 +96,7 @@ def main():
 
     def to_gpu(b):
         if isinstance(b["images"], list):
-            images, keep = gpu_transform(b["images"], size, dev, True)
+            images, keep = gpu_transform(b["images"], size, dev, b["boxes"])
             return images, b["tokens"].to(dev, non_blocking=True)[keep.to(dev)]
         images = b["images"].to(dev, non_blocking=True)
         return (normalize_images(images) if images.dtype == torch.uint8 else images), b["tokens"].to(dev, non_blocking=True)
@@ -118,9 +120,13 @@ def main():
     for name in args.variants:
         kind, _ = VARIANTS[name]
         it = iter(loader(kind))
-        rows[name] = timed(to_gpu(b) for b in it)
         if kind == "jpeg":
-            extra["gpu_decode_profile_ms"] = profile_gpu_decode(next(it)["images"], gpu_transform, dev, size, sync)
+            b = next(it)
+            extra["gpu_decode_profile_ms"] = profile_gpu_decode(b["images"], b["boxes"], gpu_transform, dev, size, sync)
+        # as the trainer does: the next batches are moved (decoded) in a thread on a side stream
+        batches = prefetch_to_device(it, to_gpu, torch.device(dev), depth=args.prefetch)
+        rows[name] = timed(moved for _, moved in batches)
+        batches.close()
         del it
     res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": text_len,
            "step_ms": {k: v * 1000 for k, v in rows.items()},
@@ -136,13 +142,13 @@ def main():
         json.dump(res, f, indent=2)
 
 
-def profile_gpu_decode(jpegs, gpu_transform, dev, size, sync):
+def profile_gpu_decode(jpegs, boxes, gpu_transform, dev, size, sync):
     """Milliseconds for one batch: nvJPEG decode alone, and the whole gpu_transform."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     out = {}
     for label, fn in (("decode_jpeg_batched", lambda: decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=dev)),
-                      ("gpu_transform", lambda: gpu_transform(jpegs, size, dev, True))):
+                      ("gpu_transform", lambda: gpu_transform(jpegs, size, dev, boxes))):
         fn()
         sync()
         t = time.perf_counter()

@@ -94,7 +94,7 @@ def test_gpu_decode_path_matches_the_pil_eval_transform_closely():
     Image.fromarray(arr).save(buf, format="JPEG", quality=95)
     raw = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
     bad = torch.frombuffer(bytearray(b"\xff\xd8 not really a jpeg"), dtype=torch.uint8)
-    images, keep = gpu_transform([raw, bad, raw], 64, "cpu", train=False)
+    images, keep = gpu_transform([raw, bad, raw], 64, "cpu")
     assert keep.tolist() == [True, False, True] and images.shape == (2, 3, 64, 64)
     reference = clipscratch.image_transform(64)(Image.open(io.BytesIO(buf.getvalue())))
     assert (images[0] - reference).abs().mean() < 0.05  # resampling differs from PIL's bicubic by rounding
@@ -103,7 +103,7 @@ def test_gpu_decode_path_matches_the_pil_eval_transform_closely():
     big = torch.stack([torch.sin(yy) * 90 + 120, torch.cos(xx) * 90 + 120, (yy + xx) * 12], -1).to(torch.uint8).numpy()
     buf = io.BytesIO()
     Image.fromarray(big).save(buf, format="JPEG", quality=95)
-    images, _ = gpu_transform([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)], 64, "cpu", train=False)
+    images, _ = gpu_transform([torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)], 64, "cpu")
     reference = clipscratch.image_transform(64)(Image.open(io.BytesIO(buf.getvalue())))
     assert (images[0] - reference).abs().mean() < 0.05
 
@@ -125,3 +125,32 @@ def test_gpu_decode_crops_land_where_pils_resized_crop_puts_them():
                            for b in boxes])
         assert ours.shape == pil.shape == (len(boxes), 3, size, size)
         assert (ours - pil).abs().mean() < 1.0, size  # grey levels out of 255 (0.29 seen; a 4-pixel shift gives 6.7)
+
+
+def test_prefetch_to_device_keeps_order_stops_early_and_raises():
+    import threading
+
+    from clipscratch.data.prefetch import prefetch_to_device
+
+    def double(b):
+        return (b["x"] * 2, [b["x"] + 1])
+
+    batches = [{"x": torch.full((3,), float(i))} for i in range(20)]
+    out = list(prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True))
+    assert [b["x"][0].item() for b, _ in out] == list(range(20))
+    assert all(torch.equal(m[0], b["x"] * 2) and torch.equal(m[1][0], b["x"] + 1) for b, m in out)
+    sequential = list(prefetch_to_device(iter(batches), double, "cpu"))  # the CPU default: no thread
+    assert all(torch.equal(a[1][0], b[1][0]) for a, b in zip(out, sequential))
+
+    before = threading.active_count()
+    for i, (batch, _) in enumerate(prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True)):
+        if i == 3:
+            break  # the generator closes: its thread must end, not hang on a full queue
+    assert threading.active_count() == before
+
+    def failing():
+        yield {"x": torch.zeros(1)}
+        raise ValueError("corrupt shard")
+
+    with pytest.raises(ValueError, match="corrupt shard"):
+        list(prefetch_to_device(failing(), double, "cpu", threaded=True))

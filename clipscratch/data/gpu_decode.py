@@ -1,18 +1,18 @@
 """Decode and augment JPEG batches on the GPU (nvJPEG through torchvision), so that data
 workers only read shards and tokenise. Used when ``data.gpu_decode`` is set.
 
-Crops follow RandomResizedCrop (parameters drawn on the CPU); the resize is a box-filter
+Crops follow RandomResizedCrop: the data workers draw each box from the JPEG header's size
+with the same per-sample seed as the CPU path, so both crop the same regions; the resize is a box-filter
 shrink by the crops' common integer factor (antialiasing) and then one batched bilinear
 ``grid_sample`` per image size: close to, not bit-equal with, PIL's bicubic.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import RandomResizedCrop
 
 from ..transforms import OPENAI_MEAN, OPENAI_STD
 
@@ -30,10 +30,8 @@ def _decode(jpegs: List[torch.Tensor], device) -> List:
         return out
 
 
-def _crop_box(h: int, w: int, train: bool, scale) -> Tuple[int, int, int, int]:
-    """(top, left, height, width): RandomResizedCrop's draw in training, the centred square otherwise."""
-    if train:
-        return RandomResizedCrop.get_params(torch.empty(1, h, w), scale=list(scale), ratio=[3 / 4, 4 / 3])
+def _center_box(h: int, w: int) -> Tuple[int, int, int, int]:
+    """(top, left, height, width) of the centred square."""
     side = min(h, w)
     return (h - side) // 2, (w - side) // 2, side, side
 
@@ -58,24 +56,28 @@ def _resized_crops(stack: torch.Tensor, boxes: List[Tuple[int, int, int, int]], 
     return F.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def gpu_transform(jpegs: List[torch.Tensor], image_size: int, device, train: bool = True,
-                  scale: Tuple[float, float] = (0.9, 1.0)) -> Tuple[torch.Tensor, torch.Tensor]:
+def gpu_transform(jpegs: List[torch.Tensor], image_size: int, device,
+                  boxes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """JPEG byte tensors -> (normalised images [B, 3, S, S] on ``device``, bool mask of the decoded ones).
 
-    Images of one size are stacked and cropped-and-resized together: a few kernels per
-    distinct image size instead of one resize per image.
+    ``boxes`` [B, 4] holds each image's crop (top, left, height, width), as the data workers
+    draw them (RandomResizedCrop's draw, seeded per sample as on the CPU path); None takes
+    the centred square. Images of one size are stacked and cropped-and-resized together: a
+    few kernels per distinct image size instead of one resize per image.
     """
     decoded = _decode(jpegs, device)
     keep = torch.tensor([d is not None for d in decoded])
     images = [d for d in decoded if d is not None]
+    if boxes is not None:
+        boxes = [tuple(b) for b, k in zip(boxes.tolist(), keep.tolist()) if k]
     out = torch.empty(len(images), 3, image_size, image_size, device=device)
     groups = {}
     for i, img in enumerate(images):
         groups.setdefault(tuple(img.shape[1:]), []).append(i)
     for (h, w), idx in groups.items():
-        boxes = [_crop_box(h, w, train, scale) for _ in idx]
+        group_boxes = [boxes[i] if boxes is not None else _center_box(h, w) for i in idx]
         stack = torch.stack([images[i] for i in idx]).float()  # [n, 3, h, w]
-        out[torch.tensor(idx, device=device)] = _resized_crops(stack, boxes, image_size)
+        out[torch.tensor(idx, device=device)] = _resized_crops(stack, group_boxes, image_size)
     mean = torch.tensor(OPENAI_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(OPENAI_STD, device=device).view(1, 3, 1, 1) * 255
     return (out - mean) / std, keep

@@ -26,6 +26,7 @@ import torch
 import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
+from torchvision import transforms as T
 
 from ..errors import ClipscratchError
 
@@ -160,8 +161,10 @@ def decode(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     return stage
 
 
-def raw_jpegs(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
-    """gpu_decode mode: keep the JPEG bytes as a uint8 tensor; the GPU decodes the batch."""
+def raw_jpegs(log: SkipLog, crop: Optional[T.RandomResizedCrop], seed: int, epoch: int
+              ) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+    """gpu_decode mode: keep the JPEG bytes as a uint8 tensor (the GPU decodes the batch) and
+    draw the crop box here from the header's size, seeded as ``augment`` seeds the CPU path."""
 
     def stage(samples):
         for s in samples:
@@ -170,11 +173,27 @@ def raw_jpegs(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
                 log.add("not a JPEG")
                 continue
             caption = _caption(s, log)
-            if caption is not None:
-                yield {"key": s.get("__key__", "?"), "image": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
-                       "caption": caption}
+            if caption is None:
+                continue
+            box = (0, 0, 0, 0)
+            if crop is not None:
+                try:
+                    with Image.open(io.BytesIO(raw)) as im:  # reads the header only
+                        _seed_sample(seed, epoch, s)
+                        box = crop.get_params(im, crop.scale, crop.ratio)
+                except (OSError, ValueError, Image.DecompressionBombError):
+                    log.add("corrupt image")
+                    continue
+            yield {"key": s.get("__key__", "?"), "image": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                   "caption": caption, "box": box}
 
     return stage
+
+
+def _seed_sample(seed: int, epoch: int, sample: Sample) -> None:
+    # the CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding call,
+    # with a formatted stack trace, for every sample (0.4 ms each, and a list that grows)
+    torch.default_generator.manual_seed(zlib.crc32(f"{seed}/{epoch}/{sample.get('key', sample.get('__key__', '?'))}".encode()))
 
 
 def augment(transform: Callable, seed: int, epoch: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
@@ -182,9 +201,7 @@ def augment(transform: Callable, seed: int, epoch: int) -> Callable[[Iterator[Sa
 
     def stage(samples):
         for s in samples:
-            # the CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding call,
-            # with a formatted stack trace, for every sample (0.4 ms each, and a list that grows)
-            torch.default_generator.manual_seed(zlib.crc32(f"{seed}/{epoch}/{s['key']}".encode()))
+            _seed_sample(seed, epoch, s)
             s["image"] = transform(s["image"])
             yield s
 
@@ -214,8 +231,11 @@ def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, lo
                     tokens = tokens[:, : int((tokens != 0).sum(1).max())]
                 images = [p["image"] for p in pending]
                 # JPEG bytes (1-D, gpu_decode) stay a list; decoded images, uint8 or float, are stacked
-                yield {"images": images if images[0].dim() == 1 else _stack_shared(images), "tokens": tokens,
-                       "captions": [p["caption"] for p in pending], "skipped": log.drain()}
+                batch = {"images": images if images[0].dim() == 1 else _stack_shared(images), "tokens": tokens,
+                         "captions": [p["caption"] for p in pending], "skipped": log.drain()}
+                if "box" in pending[0]:  # gpu_decode: (top, left, height, width) per image
+                    batch["boxes"] = torch.tensor([p["box"] for p in pending], dtype=torch.int64)
+                yield batch
                 pending, produced = [], produced + 1
                 if limit is not None and produced >= limit:
                     return
@@ -231,6 +251,11 @@ def count_unreadable_shards(log: SkipLog) -> Callable[[Exception], bool]:
         return True
 
     return handler
+
+
+def _random_crop(transform: Callable) -> Optional[T.RandomResizedCrop]:
+    """The RandomResizedCrop of a torchvision Compose, if it has one."""
+    return next((t for t in getattr(transform, "transforms", []) if isinstance(t, T.RandomResizedCrop)), None)
 
 
 class ShardDataset(torch.utils.data.IterableDataset):
@@ -255,7 +280,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             wds.tarfile_to_samples(handler=count_unreadable_shards(log)),
             shuffle(spec.shuffle_buffer, _rng(spec, "shuffle")),
             skip(skip_batches * spec.batch_size),
-            raw_jpegs(log) if spec.gpu_decode else decode(log),
+            raw_jpegs(log, _random_crop(self.transform), spec.seed, spec.epoch) if spec.gpu_decode else decode(log),
             (lambda samples: samples) if spec.gpu_decode else augment(self.transform, spec.seed, spec.epoch),
             batch_and_tokenize(spec.batch_size, self.context_length, self.trim_text, log, limit),
         ]

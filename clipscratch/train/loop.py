@@ -13,6 +13,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 from ..data.pipeline import ShardDataset, StreamSpec, batches_per_worker, expand_sources, make_loader
+from ..data.prefetch import prefetch_to_device
 from ..errors import ClipscratchError
 from ..loading import load
 from ..loss import make_loss
@@ -149,7 +150,7 @@ class Trainer:
         if isinstance(batch["images"], list):  # gpu_decode: JPEG bytes
             from ..data.gpu_decode import gpu_transform
 
-            images, keep = gpu_transform(batch["images"], self.image_size, device, True, tuple(self.cfg.data.augment_scale))
+            images, keep = gpu_transform(batch["images"], self.image_size, device, batch["boxes"])
             if not keep.all():
                 self.skipped["corrupt image"] = self.skipped.get("corrupt image", 0) + int((~keep).sum())
                 tokens = tokens[keep.to(device)]
@@ -178,11 +179,13 @@ class Trainer:
         t_last, samples_last = time.perf_counter(), state.samples_seen
         while state.step < self.total_steps and state.epoch < cfg.epochs:
             micro = []
-            for batch in self.epoch_loader(state.epoch, state.batch_in_epoch):
+            loader = self.epoch_loader(state.epoch, state.batch_in_epoch)
+            # on a GPU the next batches are copied (and with gpu_decode decoded) while this one trains
+            for batch, on_device in prefetch_to_device(loader, self.to_device, self.accelerator.device):
                 state.batch_in_epoch += 1
                 for kind, n in batch["skipped"].items():
                     self.skipped[kind] = self.skipped.get(kind, 0) + n
-                micro.append(self.to_device(batch))
+                micro.append(on_device)
                 if len(micro) < cfg.accum_steps:
                     continue
                 loss = self.optimizer_step(micro)
