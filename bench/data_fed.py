@@ -64,7 +64,7 @@ def main():
     print(f"shards ready in {time.perf_counter() - t:.0f}s: {pattern}", flush=True)
 
     import clipscratch
-    from clipscratch.data.gpu_decode import gpu_transform
+    from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
     from clipscratch.data.pipeline import ShardDataset, StreamSpec, expand_sources, make_loader
     from clipscratch.data.prefetch import prefetch_to_device
     from clipscratch.transforms import image_transform, normalize_images
@@ -95,8 +95,8 @@ def main():
         return make_loader(ShardDataset(spec, transform, 77, trim_text=True), args.workers, pin_memory=dev == "cuda")
 
     def to_gpu(b):
-        if isinstance(b["images"], list):
-            images, keep = gpu_transform(b["images"], size, dev, b["boxes"])
+        if "jpeg_ends" in b:
+            images, keep = gpu_transform(unpack_jpegs(b["images"], b["jpeg_ends"]), size, dev, b["boxes"])
             return images, b["tokens"].to(dev, non_blocking=True)[keep.to(dev)]
         images = b["images"].to(dev, non_blocking=True)
         return (normalize_images(images) if images.dtype == torch.uint8 else images), b["tokens"].to(dev, non_blocking=True)
@@ -122,7 +122,8 @@ def main():
         it = iter(loader(kind))
         if kind == "jpeg":
             b = next(it)
-            extra["gpu_decode_profile_ms"] = profile_gpu_decode(b["images"], b["boxes"], gpu_transform, dev, size, sync)
+            extra["gpu_decode_profile_ms"] = profile_gpu_decode(unpack_jpegs(b["images"], b["jpeg_ends"]), b["boxes"],
+                                                                gpu_transform, dev, size, sync)
         # as the trainer does: the next batches are moved (decoded) in a thread on a side stream
         batches = prefetch_to_device(it, to_gpu, torch.device(dev), depth=args.prefetch)
         rows[name] = timed(moved for _, moved in batches)

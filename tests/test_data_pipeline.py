@@ -132,10 +132,9 @@ def test_gpu_decode_batches_carry_the_crops_the_cpu_path_draws(tmp_path):
     seeded per sample like the CPU path: the same boxes, so (nearly) the same pixels."""
     import io as _io
 
-    import torch
     from torchvision.transforms import RandomResizedCrop
 
-    from clipscratch.data.gpu_decode import gpu_transform
+    from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
     from clipscratch.data.pipeline import _seed_sample
 
     write_shards(synthetic_records(8, seed=5, held_out=False, image_size=48), str(tmp_path), maxcount=8, prefix="s")
@@ -148,7 +147,8 @@ def test_gpu_decode_batches_carry_the_crops_the_cpu_path_draws(tmp_path):
         return list(make_loader(ShardDataset(spec, transform, context_length=77, trim_text=False), 0))[0]
 
     jpeg_batch, cpu_batch = read(True), read(False)
-    assert isinstance(jpeg_batch["images"], list) and jpeg_batch["boxes"].shape == (8, 4)
+    jpegs = unpack_jpegs(jpeg_batch["images"], jpeg_batch["jpeg_ends"])
+    assert len(jpegs) == 8 and all(j[:2].tolist() == [0xFF, 0xD8] for j in jpegs) and jpeg_batch["boxes"].shape == (8, 4)
     assert jpeg_batch["captions"] == cpu_batch["captions"]
     import webdataset as wds
 
@@ -157,6 +157,6 @@ def test_gpu_decode_batches_carry_the_crops_the_cpu_path_draws(tmp_path):
         image = Image.open(_io.BytesIO(sample["jpg"])).convert("RGB")
         assert list(RandomResizedCrop.get_params(image, [0.3, 1.0], [3 / 4, 4 / 3])) == box
     assert len(set(map(tuple, jpeg_batch["boxes"].tolist()))) > 1  # really random
-    images, keep = gpu_transform(jpeg_batch["images"], 32, "cpu", jpeg_batch["boxes"])
+    images, keep = gpu_transform(jpegs, 32, "cpu", jpeg_batch["boxes"])
     assert keep.all() and images.shape == cpu_batch["images"].shape
     assert (images - cpu_batch["images"]).abs().mean() < 0.05  # bilinear vs bicubic: 0.007 seen; other images: 1.0

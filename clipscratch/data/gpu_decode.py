@@ -30,6 +30,12 @@ def _decode(jpegs: List[torch.Tensor], device) -> List:
         return out
 
 
+def unpack_jpegs(packed: torch.Tensor, ends: torch.Tensor) -> List[torch.Tensor]:
+    """The per-image JPEG byte tensors of a gpu_decode batch (views of ``packed``)."""
+    starts = [0] + ends[:-1].tolist()
+    return [packed[s:e] for s, e in zip(starts, ends.tolist())]
+
+
 def _center_box(h: int, w: int) -> Tuple[int, int, int, int]:
     """(top, left, height, width) of the centred square."""
     side = min(h, w)

@@ -211,10 +211,18 @@ def augment(transform: Callable, seed: int, epoch: int) -> Callable[[Iterator[Sa
 def _stack_shared(images: List[torch.Tensor]) -> torch.Tensor:
     """torch.stack into shared memory: a DataLoader worker then sends the batch without
     copying it once more into a shared segment."""
-    out = torch.empty((len(images), *images[0].shape), dtype=images[0].dtype)
-    if torch.utils.data.get_worker_info() is not None:
-        out.share_memory_()
-    return torch.stack(images, out=out)
+    return torch.stack(images, out=_shared_empty((len(images), *images[0].shape), images[0].dtype))
+
+
+def _cat_shared(parts: List[torch.Tensor]) -> torch.Tensor:
+    """torch.cat into one shared segment (a list of tensors would cost a segment and a file
+    descriptor each on the way to the main process)."""
+    return torch.cat(parts, out=_shared_empty((sum(len(p) for p in parts),), parts[0].dtype))
+
+
+def _shared_empty(shape, dtype) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
 
 
 def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, log: SkipLog, limit: Optional[int]):
@@ -230,11 +238,13 @@ def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, lo
                 if trim_text:
                     tokens = tokens[:, : int((tokens != 0).sum(1).max())]
                 images = [p["image"] for p in pending]
-                # JPEG bytes (1-D, gpu_decode) stay a list; decoded images, uint8 or float, are stacked
-                batch = {"images": images if images[0].dim() == 1 else _stack_shared(images), "tokens": tokens,
-                         "captions": [p["caption"] for p in pending], "skipped": log.drain()}
-                if "box" in pending[0]:  # gpu_decode: (top, left, height, width) per image
+                batch = {"tokens": tokens, "captions": [p["caption"] for p in pending], "skipped": log.drain()}
+                if "box" in pending[0]:  # gpu_decode: JPEG bytes packed in one tensor, a crop box per image
+                    batch["images"] = _cat_shared(images)
+                    batch["jpeg_ends"] = torch.tensor([len(i) for i in images], dtype=torch.int64).cumsum(0)
                     batch["boxes"] = torch.tensor([p["box"] for p in pending], dtype=torch.int64)
+                else:
+                    batch["images"] = _stack_shared(images)
                 yield batch
                 pending, produced = [], produced + 1
                 if limit is not None and produced >= limit:

@@ -147,10 +147,11 @@ class Trainer:
     def to_device(self, batch):
         device = self.accelerator.device
         tokens = batch["tokens"].to(device, non_blocking=True)
-        if isinstance(batch["images"], list):  # gpu_decode: JPEG bytes
-            from ..data.gpu_decode import gpu_transform
+        if "jpeg_ends" in batch:  # gpu_decode: packed JPEG bytes
+            from ..data.gpu_decode import gpu_transform, unpack_jpegs
 
-            images, keep = gpu_transform(batch["images"], self.image_size, device, batch["boxes"])
+            jpegs = unpack_jpegs(batch["images"], batch["jpeg_ends"])
+            images, keep = gpu_transform(jpegs, self.image_size, device, batch["boxes"])
             if not keep.all():
                 self.skipped["corrupt image"] = self.skipped.get("corrupt image", 0) + int((~keep).sum())
                 tokens = tokens[keep.to(device)]
