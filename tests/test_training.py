@@ -1,5 +1,6 @@
 """Training: config errors, optimizer groups, a short run, and exact resume after SIGKILL."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -134,3 +135,15 @@ def test_siglip_gradient_caching_and_locked_image_tuning_train_end_to_end(tmp_pa
     for name, value in trained.state_dict().items():
         same = torch.equal(value, initial.state_dict()[name])
         assert same == name.startswith("visual."), name
+
+
+def test_gpu_decode_option_trains_end_to_end_on_cpu(tmp_path):
+    """data.gpu_decode on the CPU: packed JPEG batches from a worker, crops drawn there,
+    decoded and resampled in the trainer; the loss falls."""
+    out = tmp_path / "gd"
+    p = _train([*TINY, "epochs=1", "data.gpu_decode=true", f"output_dir={out}", "save_every=100"])
+    stdout, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-2000:]
+    losses = [loss for _, loss in _losses(out)]
+    assert len(losses) >= 10 and all(math.isfinite(x) for x in losses)
+    assert min(losses[-3:]) < losses[0] - 0.3, losses
