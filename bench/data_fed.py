@@ -56,6 +56,7 @@ def main():
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of the script (use a tiny --model)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -84,7 +85,7 @@ def main():
         return loss
 
     if not args.no_compile:
-        step = torch.compile(step)
+        step = torch.compile(step, mode=args.compile_mode)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def loader(kind):
@@ -130,6 +131,7 @@ def main():
         batches.close()
         del it
     res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": text_len,
+           "compile_mode": args.compile_mode, "prefetch": args.prefetch,
            "step_ms": {k: v * 1000 for k, v in rows.items()},
            "samples_per_s": {k: args.batch / v for k, v in rows.items()},
            "slowdown_vs_synthetic": {k: v / rows["synthetic"] - 1 for k, v in rows.items()},
