@@ -2,6 +2,7 @@
 gradient checkpointing (bf16 autocast, AdamW, the CLIP loss, 77-token text).
 
     python bench/max_batch.py --models ViT-B-32 ViT-B-16
+    python bench/max_batch.py --impls clipscratch --text-len 20   # captions trimmed to 20 tokens
 """
 import argparse
 import json
@@ -14,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from train_step import build, clip_loss  # noqa: E402
 
 
-def fits(impl, name, batch, ckpt) -> bool:
+def fits(impl, name, batch, ckpt, text_len=77) -> bool:
     model = opt = images = tokens = None
     try:
         model, scale_fn = build(impl, name)
@@ -23,7 +24,7 @@ def fits(impl, name, batch, ckpt) -> bool:
             model.set_grad_checkpointing(True)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         images = torch.randn(batch, 3, 224, 224, device="cuda")
-        tokens = torch.randint(1, 49406, (batch, 77), device="cuda")
+        tokens = torch.randint(1, 49406, (batch, text_len), device="cuda")
         tokens[:, -1] = 49407
         for _ in range(2):
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -40,13 +41,13 @@ def fits(impl, name, batch, ckpt) -> bool:
         torch.cuda.empty_cache()
 
 
-def largest(impl, name, ckpt, lo=256, hi=65536) -> int:
+def largest(impl, name, ckpt, text_len=77, lo=256, hi=65536) -> int:
     """Largest multiple of 256 that fits (binary search)."""
-    if not fits(impl, name, lo, ckpt):
+    if not fits(impl, name, lo, ckpt, text_len):
         return 0
     while hi - lo > 256:
         mid = (lo + hi) // 2 // 256 * 256
-        if fits(impl, name, mid, ckpt):
+        if fits(impl, name, mid, ckpt, text_len):
             lo = mid
         else:
             hi = mid
@@ -57,14 +58,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-B-16"])
     p.add_argument("--impls", nargs="+", default=["open_clip", "clipscratch"])
+    p.add_argument("--text-len", type=int, default=77,
+                   help="clipscratch's text length: with data.trim_text (the default) a batch is cut to its longest "
+                        "caption; open_clip always runs 77")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "max_batch.json"))
     args = p.parse_args()
     rows = []
     for name in args.models:
         for ckpt in (False, True):
             for impl in args.impls:
-                b = largest(impl, name, ckpt)
-                rows.append({"model": name, "impl": impl, "grad_checkpointing": ckpt, "max_batch": b})
+                text_len = args.text_len if impl == "clipscratch" else 77
+                b = largest(impl, name, ckpt, text_len)
+                rows.append({"model": name, "impl": impl, "grad_checkpointing": ckpt, "text_len": text_len, "max_batch": b})
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\n{torch.cuda.get_device_name()}\n| model | grad ckpt | open_clip | clipscratch | ratio |\n|---|---|---|---|---|")
     for name in args.models:
