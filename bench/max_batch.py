@@ -71,12 +71,14 @@ def main():
                 b = largest(impl, name, ckpt, text_len)
                 rows.append({"model": name, "impl": impl, "grad_checkpointing": ckpt, "text_len": text_len, "max_batch": b})
                 print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{torch.cuda.get_device_name()}\n| model | grad ckpt | open_clip | clipscratch | ratio |\n|---|---|---|---|---|")
+    print(f"\n{torch.cuda.get_device_name()}\n| model | grad ckpt | text tokens | open_clip | clipscratch | ratio |\n|---|---|---|---|---|---|")
     for name in args.models:
         for ckpt in (False, True):
-            got = {r["impl"]: r["max_batch"] for r in rows if r["model"] == name and r["grad_checkpointing"] == ckpt}
-            ratio = got.get("clipscratch", 0) / max(1, got.get("open_clip", 0))
-            print(f"| {name} | {ckpt} | {got.get('open_clip')} | {got.get('clipscratch')} | {ratio:.2f}x |")
+            got = {r["impl"]: r for r in rows if r["model"] == name and r["grad_checkpointing"] == ckpt}
+            ours, theirs = got.get("clipscratch"), got.get("open_clip")
+            ratio = f"{ours['max_batch'] / max(1, theirs['max_batch']):.2f}x" if ours and theirs else "-"
+            print(f"| {name} | {ckpt} | {ours['text_len'] if ours else 77} | {theirs['max_batch'] if theirs else '-'} | "
+                  f"{ours['max_batch'] if ours else '-'} | {ratio} |")
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=2)
 
