@@ -51,6 +51,21 @@ def test_trimmed_text_gives_the_same_loss_and_gradients():
     assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(ga, gb))
 
 
+def test_channels_last_resnet_gives_the_same_loss_and_gradients():
+    """bench/train_step.py --channels-last: the ModifiedResNet in channels-last memory format."""
+    torch.manual_seed(0)
+    a = clipscratch.create_model("tiny-rn").train()
+    b = clipscratch.create_model("tiny-rn").train()
+    b.load_state_dict(a.state_dict())
+    b = b.to(memory_format=torch.channels_last)
+    images, tokens = _batch()
+    images = torch.nn.functional.interpolate(images, size=a.image_size)
+    la, ga = _loss_and_grads(a, (images, tokens))
+    lb, gb = _loss_and_grads(b, (images.contiguous(memory_format=torch.channels_last), tokens))
+    assert la == pytest.approx(lb, abs=1e-5)
+    assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-5) for x, y in zip(ga, gb))
+
+
 def test_fused_adamw_takes_the_same_step():
     from clipscratch.train.config import OptimConfig
     from clipscratch.train.optim import make_optimizer
