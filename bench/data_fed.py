@@ -97,7 +97,7 @@ def main():
 
     def to_gpu(b):
         if "jpeg_ends" in b:
-            images, keep = gpu_transform(unpack_jpegs(b["images"], b["jpeg_ends"]), size, dev, b["boxes"])
+            images, keep = gpu_transform(unpack_jpegs(b["images"], b["jpeg_ends"]), size, dev, b.get("boxes"))
             return images, b["tokens"].to(dev, non_blocking=True)[keep.to(dev)]
         images = b["images"].to(dev, non_blocking=True)
         return (normalize_images(images) if images.dtype == torch.uint8 else images), b["tokens"].to(dev, non_blocking=True)
@@ -123,7 +123,7 @@ def main():
         it = iter(loader(kind))
         if kind == "jpeg":
             b = next(it)
-            extra["gpu_decode_profile_ms"] = profile_gpu_decode(unpack_jpegs(b["images"], b["jpeg_ends"]), b["boxes"],
+            extra["gpu_decode_profile_ms"] = profile_gpu_decode(unpack_jpegs(b["images"], b["jpeg_ends"]), b.get("boxes"),
                                                                 gpu_transform, dev, size, sync)
         # as the trainer does: the next batches are moved (decoded) in a thread on a side stream
         batches = prefetch_to_device(it, to_gpu, torch.device(dev), depth=args.prefetch)

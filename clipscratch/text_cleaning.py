@@ -24,12 +24,13 @@ normalize (NFC)                   text that is not already NFC
 
 So text without any "trigger" character, already in NFC and with no BADNESS_RE match
 is returned unchanged by ftfy. Text whose only triggers are curly quotes (common in
-captions) is the other shortcut: see ``_fix_quotes_only``. ``fix_text`` also cuts text at ``\\n`` and fixes each
-line separately (``BADNESS_RE`` has a ``^`` anchor), so text with a newline always
-goes to ftfy. The trigger set is built from ftfy's own tables at import; with an ftfy
-whose steps or defaults differ from the ones above, every non-ASCII text goes
-through ftfy. ``tests/test_tokenizer.py`` checks each fixer against every code point
-outside the trigger set and fuzzes the whole shortcut against ``ftfy.fix_text``.
+captions) is the other shortcut: see ``_fix_quotes_only``. ``fix_text`` also cuts text
+at ``\\n`` and fixes each line separately (``BADNESS_RE`` has a ``^`` anchor), so text
+with a newline always goes to ftfy. The trigger set is built from ftfy's own tables at
+import; with an ftfy whose steps or defaults differ from the ones above, every
+non-ASCII text goes through ftfy. ``tests/test_text_cleaning.py`` checks each fixer
+against every code point outside the trigger set and fuzzes the shortcuts against
+``ftfy.fix_text``.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ _EXPECTED_FIXERS = {
     "uncurl_quotes", "fix_line_breaks", "fix_surrogates", "remove_control_chars",
 }
 _FIXED_TRIGGERS = "&\x1b\r\n\u2028\u2029\x85"
+_MAX_SEGMENT = 1_000_000  # ftfy's max_decode_length: longer text is cut into segments
 
 
 def _class_chars(pattern: "re.Pattern") -> str:
@@ -147,7 +149,6 @@ def _looks_like_mojibake(text: str) -> bool:
             return True
         searched_to = max(searched_to, end - width + 1)
     return False
-_MAX_SEGMENT = 1_000_000  # ftfy's max_decode_length: longer text is cut into segments
 
 
 def is_plain_ascii(text: str) -> bool:

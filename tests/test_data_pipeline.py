@@ -160,3 +160,17 @@ def test_gpu_decode_batches_carry_the_crops_the_cpu_path_draws(tmp_path):
     images, keep = gpu_transform(jpegs, 32, "cpu", jpeg_batch["boxes"])
     assert keep.all() and images.shape == cpu_batch["images"].shape
     assert (images - cpu_batch["images"]).abs().mean() < 0.05  # bilinear vs bicubic: 0.007 seen; other images: 1.0
+
+
+def test_gpu_decode_without_a_random_crop_takes_the_centre(tmp_path):
+    from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
+
+    write_shards(synthetic_records(4, seed=6, held_out=False, image_size=48), str(tmp_path), maxcount=4, prefix="s")
+    spec = StreamSpec(sources=expand_sources(str(tmp_path / "s-000000.tar")), weights=[1.0], batch_size=4,
+                      shuffle_buffer=0, gpu_decode=True)
+    batch = list(make_loader(ShardDataset(spec, image_transform(32), context_length=77), 0))[0]
+    assert "boxes" not in batch
+    images, keep = gpu_transform(unpack_jpegs(batch["images"], batch["jpeg_ends"]), 32, "cpu", batch.get("boxes"))
+    spec_cpu = StreamSpec(sources=spec.sources, weights=[1.0], batch_size=4, shuffle_buffer=0)
+    reference = list(make_loader(ShardDataset(spec_cpu, image_transform(32), context_length=77), 0))[0]["images"]
+    assert keep.all() and (images - reference).abs().mean() < 0.05

@@ -175,7 +175,7 @@ def raw_jpegs(log: SkipLog, crop: Optional[T.RandomResizedCrop], seed: int, epoc
             caption = _caption(s, log)
             if caption is None:
                 continue
-            box = (0, 0, 0, 0)
+            box = None  # no RandomResizedCrop in the transform: gpu_transform takes the centred square
             if crop is not None:
                 try:
                     with Image.open(io.BytesIO(raw)) as im:  # reads the header only
@@ -239,10 +239,11 @@ def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, lo
                     tokens = tokens[:, : int((tokens != 0).sum(1).max())]
                 images = [p["image"] for p in pending]
                 batch = {"tokens": tokens, "captions": [p["caption"] for p in pending], "skipped": log.drain()}
-                if "box" in pending[0]:  # gpu_decode: JPEG bytes packed in one tensor, a crop box per image
+                if images[0].dim() == 1:  # gpu_decode: JPEG bytes packed in one tensor, a crop box per image
                     batch["images"] = _cat_shared(images)
                     batch["jpeg_ends"] = torch.tensor([len(i) for i in images], dtype=torch.int64).cumsum(0)
-                    batch["boxes"] = torch.tensor([p["box"] for p in pending], dtype=torch.int64)
+                    if pending[0]["box"] is not None:
+                        batch["boxes"] = torch.tensor([p["box"] for p in pending], dtype=torch.int64)
                 else:
                     batch["images"] = _stack_shared(images)
                 yield batch

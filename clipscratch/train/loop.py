@@ -151,7 +151,7 @@ class Trainer:
             from ..data.gpu_decode import gpu_transform, unpack_jpegs
 
             jpegs = unpack_jpegs(batch["images"], batch["jpeg_ends"])
-            images, keep = gpu_transform(jpegs, self.image_size, device, batch["boxes"])
+            images, keep = gpu_transform(jpegs, self.image_size, device, batch.get("boxes"))
             if not keep.all():
                 self.skipped["corrupt image"] = self.skipped.get("corrupt image", 0) + int((~keep).sum())
                 tokens = tokens[keep.to(device)]
