@@ -152,8 +152,9 @@ class Trainer:
 
             jpegs = unpack_jpegs(batch["images"], batch["jpeg_ends"])
             images, keep = gpu_transform(jpegs, self.image_size, device, batch.get("boxes"))
-            if not keep.all():
-                self.skipped["corrupt image"] = self.skipped.get("corrupt image", 0) + int((~keep).sum())
+            if not keep.all():  # counted in the batch's own tally: this may run in the prefetch thread
+                skipped = batch["skipped"]
+                skipped["corrupt image"] = skipped.get("corrupt image", 0) + int((~keep).sum())
                 tokens = tokens[keep.to(device)]
             return images, tokens
         images = batch["images"].to(device, non_blocking=True)
