@@ -147,3 +147,23 @@ def test_gpu_decode_option_trains_end_to_end_on_cpu(tmp_path):
     losses = [loss for _, loss in _losses(out)]
     assert len(losses) >= 10 and all(math.isfinite(x) for x in losses)
     assert min(losses[-3:]) < losses[0] - 0.3, losses
+
+
+def test_to_device_drops_jpegs_the_gpu_cannot_decode_and_counts_them_in_the_batch():
+    import io as _io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from clipscratch.train.loop import Trainer
+
+    buf = _io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(buf, format="JPEG")
+    good = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    bad = torch.frombuffer(bytearray(b"\xff\xd8 header only, no image data"), dtype=torch.uint8)
+    batch = {"images": torch.cat([good, bad, good]), "jpeg_ends": torch.tensor([len(good), len(good) + len(bad), 2 * len(good) + len(bad)]),
+             "tokens": torch.arange(3)[:, None].repeat(1, 5), "skipped": {"missing caption": 2}}
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(device=torch.device("cpu")), image_size=32)
+    images, tokens = Trainer.to_device(trainer, batch)
+    assert images.shape == (2, 3, 32, 32) and tokens[:, 0].tolist() == [0, 2]
+    assert batch["skipped"] == {"missing caption": 2, "corrupt image": 1}
