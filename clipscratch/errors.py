@@ -9,6 +9,11 @@ class ClipscratchError(Exception):
     """A problem with the user's input (file, config, checkpoint): shown as one line."""
 
 
+class TextTooLongError(ClipscratchError, RuntimeError):
+    """A text has more tokens than a context length allows (OpenAI's tokenize raises
+    RuntimeError here, so this is one too)."""
+
+
 def cli_errors(main):
     """Decorator for command-line entries: ClipscratchError and missing files -> one line, exit 2."""
 

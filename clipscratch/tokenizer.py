@@ -1,6 +1,7 @@
 """CLIP's byte-level BPE tokenizer on the Rust ``tokenizers`` library.
 
-Output is identical to OpenAI's ``clip.tokenize(texts, truncate=True)``:
+Output is identical to OpenAI's ``clip.tokenize`` (same signature: over-long text raises
+unless ``truncate=True``):
 
 1. clean as OpenAI does: ``ftfy.fix_text``, ``html.unescape`` twice, collapse
    whitespace, strip, lowercase; text that ftfy provably leaves unchanged skips it
@@ -30,6 +31,7 @@ import torch
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers import models, pre_tokenizers
 
+from .errors import TextTooLongError
 from .text_cleaning import clean_text, is_plain_ascii
 
 VOCAB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpe_simple_vocab_16e6.txt.gz")
@@ -158,12 +160,21 @@ class Tokenizer:
         decoded = (bytearray(byte_decoder[c] for c in w).decode("utf-8", errors="replace") for w in words)
         return " ".join(decoded).strip()
 
-    def __call__(self, texts: Union[str, Sequence[str]], context_length: int = None) -> torch.Tensor:
+    def __call__(self, texts: Union[str, Sequence[str]], context_length: int = None, truncate: bool = True) -> torch.Tensor:
+        """Token ids [N, context_length]: start token, BPE ids, end token, zero padding. A text
+        longer than the context keeps its first ``context_length - 2`` ids and ends with the end
+        token (``truncate=True``, what training wants), or raises (``truncate=False``)."""
         if isinstance(texts, str):
             texts = [texts]
         ctx = context_length or self.context_length
         flat, starts, ends = self._flat_ids(texts)
-        kept = np.minimum(ends - starts, ctx - 2)  # truncate=True: keep the first ctx-2 ids
+        lengths = ends - starts
+        if not truncate and len(texts) and lengths.max() > ctx - 2:
+            i = int(np.argmax(lengths > ctx - 2))
+            shown = texts[i] if len(texts[i]) <= 60 else texts[i][:57] + "..."
+            raise TextTooLongError(f"Input {shown!r} is too long for context length {ctx} "
+                                   f"({lengths[i] + 2} tokens); pass truncate=True to cut it")
+        kept = np.minimum(lengths, ctx - 2)  # truncate: keep the first ctx-2 ids
         result = np.zeros((len(texts), ctx), dtype=np.int64)
         result[:, 0] = self.sot_token_id
         columns = np.arange(ctx - 2)
@@ -178,5 +189,7 @@ def get_tokenizer(context_length: int = 77) -> Tokenizer:
     return Tokenizer(context_length=context_length)
 
 
-def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77) -> torch.Tensor:
-    return get_tokenizer(context_length)(texts)
+def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77, truncate: bool = False) -> torch.Tensor:
+    """OpenAI's ``clip.tokenize``: LongTensor [N, context_length]; a text that does not fit
+    raises ``TextTooLongError`` (a RuntimeError) unless ``truncate=True``."""
+    return get_tokenizer(context_length)(texts, truncate=truncate)

@@ -40,15 +40,30 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(ga, gb))
 
 
-def test_trimmed_text_gives_the_same_loss_and_gradients():
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_trimmed_text_gives_the_same_loss_and_gradients(dtype):
+    """Cutting the padding after the longest caption changes no number: exact in float64
+    (the causal mask keeps padding out of every pooled feature). In float32 only the order of
+    the attention and matmul sums changes with the sequence length, so each gradient tensor
+    agrees to fp32 rounding (eps 6e-8) amplified by cancellation in the backward sums: 2e-6 of
+    its norm seen; 1e-4 leaves a 50x margin, while letting padding leak into the features (no
+    causal mask) gives errors of order 1."""
     a, b = _pair()
+    a, b = a.to(dtype), b.to(dtype)
     images, tokens = _batch()
+    images = images.to(dtype)
     trimmed = tokens[:, : int((tokens != 0).sum(1).max())]
     assert trimmed.shape[1] < tokens.shape[1]
     la, ga = _loss_and_grads(a, (images, tokens))
     lb, gb = _loss_and_grads(b, (images, trimmed))
-    assert la == pytest.approx(lb, abs=1e-5)
-    assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(ga, gb))
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    assert abs(la - lb) <= tol * abs(la)
+    errors = {n: _rel(x, y) for (n, _), x, y in zip(a.named_parameters(), ga, gb) if y.abs().max() > 0}
+    assert max(errors.values()) <= tol, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
 def test_channels_last_resnet_gives_the_same_loss_and_gradients():

@@ -1,5 +1,4 @@
-"""The tokenizer is identical to OpenAI's clip.tokenize(truncate=True) on hard inputs."""
-import glob
+"""The tokenizer is identical to OpenAI's clip.tokenize on hard inputs and on real captions."""
 import os
 
 import pytest
@@ -26,7 +25,7 @@ CORPUS = [
 
 
 def _same(texts):
-    ours = clipscratch.tokenize(texts)
+    ours = clipscratch.tokenize(texts, truncate=True)
     ref = clip.tokenize(texts, truncate=True)
     assert ours.shape == ref.shape == (len(texts), 77)
     mismatched = [t for t, a, b in zip(texts, ours, ref) if not torch.equal(a, b)]
@@ -53,8 +52,20 @@ def test_batches_of_zero_and_one_and_other_context_lengths():
 
 
 def test_over_long_captions_truncate_with_eot_last():
-    tokens = clipscratch.tokenize(["word " * 200])[0]
+    tokens = clipscratch.tokenize(["word " * 200], truncate=True)[0]
     assert tokens[0] == 49406 and tokens[-1] == 49407 and (tokens != 0).all()
+    assert torch.equal(tokens, clip.tokenize(["word " * 200], truncate=True)[0])
+
+
+def test_openai_signature_raises_on_over_long_text_unless_truncate():
+    """clip.tokenize(texts, context_length=77, truncate=False): same defaults, same exception type."""
+    fits, long = "a photo of a cat", "word " * 80  # 82 tokens with start and end
+    assert torch.equal(clipscratch.tokenize(fits), clip.tokenize(fits))
+    for fn in (clipscratch.tokenize, clip.tokenize):
+        with pytest.raises(RuntimeError, match="too long for context length 77"):
+            fn([fits, long])
+    assert torch.equal(clipscratch.tokenize(["word " * 75]), clip.tokenize(["word " * 75]))  # 77 exactly fits
+    assert torch.equal(clipscratch.tokenize([long], context_length=100), clip.tokenize([long], context_length=100))
 
 
 @settings(max_examples=300, deadline=None)
@@ -75,15 +86,24 @@ def test_ascii_fast_path_equals_ftfy_path(text):
     assert clean_text(text) == slow
 
 
-def test_real_captions_from_shared_data(shared_data):
-    texts = []
-    for path in glob.glob(os.path.join(shared_data, "**", "*.txt"), recursive=True)[:2000]:
-        with open(path, errors="replace") as f:
-            texts.extend(line.strip() for line in f.read().splitlines()[:50] if line.strip())
-    if not texts:
-        pytest.skip("no caption text files in ../shared/data")
-    for i in range(0, len(texts), 512):
-        _same(texts[i : i + 512])
+def test_identical_to_openai_on_all_flickr8k_captions(shared_data):
+    """All 40,460 human captions of Flickr8k (``image.jpg#N<TAB>caption``), as training reads them."""
+    from clipscratch.data.captions import read_captions
+
+    table = read_captions(os.path.join(shared_data, "flickr8k-captions", "Flickr8k.token.txt"))
+    texts = [c for caps in table.values() for c in caps]
+    assert len(texts) == 40460
+    for i in range(0, len(texts), 2048):
+        _same(texts[i : i + 2048])
+
+
+def test_identical_to_openai_on_hateful_memes_text(shared_data):
+    import json
+
+    with open(os.path.join(shared_data, "hateful-memes-text", "dev_seen.jsonl")) as f:
+        texts = [json.loads(line)["text"] for line in f if line.strip()]
+    assert len(texts) == 500
+    _same(texts)
 
 
 def test_decode_inverts_encode_on_clean_text():

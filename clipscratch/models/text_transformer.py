@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import TextTooLongError
 from .config import TextConfig
 from .layers import LayerNorm, Transformer
 
@@ -32,16 +33,28 @@ class TextTransformer(nn.Module):
         self.transformer.init_weights()
         nn.init.normal_(self.text_projection, std=self.transformer.width ** -0.5)
 
+    def fit_context(self, text: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, T] -> [B, min(T, context_length)]. Ids padded beyond this model's
+        context (``tokenize`` pads to 77) are cut when only padding lies past it: exact, as
+        nothing after the end token reaches the pooled feature."""
+        if text.shape[1] <= self.context_length:
+            return text
+        if text[:, self.context_length :].any():
+            longest = int((text != 0).sum(1).max())
+            raise TextTooLongError(f"a caption has {longest} tokens, more than this model's context_length={self.context_length}; "
+                             f"tokenize with clipscratch.tokenize(texts, context_length={self.context_length}, truncate=True)")
+        return text[:, : self.context_length]
+
     def tokens(self, text: torch.Tensor) -> torch.Tensor:
-        """Token ids [B, T] -> final hidden states [B, T, width] (after ln_final)."""
+        """Token ids [B, T] -> final hidden states [B, T', width] (after ln_final), T' = min(T, context)."""
+        text = self.fit_context(text)
         T = text.shape[1]
-        if T > self.context_length:
-            raise ValueError(f"text has {T} tokens, more than context_length={self.context_length}")
         x = self.token_embedding(text) + self.positional_embedding[:T]  # [B, T, width]
         x = self.transformer(x, causal=True)  # [B, T, width]
         return self.ln_final(x)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
+        text = self.fit_context(text)
         x = self.tokens(text)  # [B, T, width]
         eot = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]  # [B, width]
         return eot @ self.text_projection  # [B, embed_dim]

@@ -1,0 +1,73 @@
+"""Opening images as they really come, the same way in make_shards, training and evaluation.
+
+* EXIF orientation is applied (a phone photo stored sideways is shown upright);
+* 16-bit and 32-bit grey images are scaled to 8 bits (PIL's ``convert("RGB")`` clips them,
+  turning 16-bit pictures almost white);
+* palette, grey, grey+alpha, RGBA and CMYK images become RGB as OpenAI's preprocessing makes
+  them (``convert("RGB")``: alpha is dropped, not composited);
+* a file that is not a readable image raises ``UnreadableImage`` naming it, which callers count
+  and skip (training, make_shards) or report in one line (evaluation).
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import ClipscratchError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+class UnreadableImage(ClipscratchError):
+    """An image file that PIL cannot decode (corrupt, truncated, not an image)."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image -> an 8-bit RGB image, upright."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = Image.fromarray(_to_uint8(np.asarray(image), sixteen_bit=image.mode.startswith("I;16")), mode="L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
+    """16-bit grey levels -> 0..255 (65535 -> 255); 32-bit integers the same when they exceed
+    255 (PIL opens some 16-bit PNGs as mode "I"); floats in [0, 1] -> 0..255."""
+    if values.dtype.kind == "f":
+        values = values * 255.0 if values.size and np.nanmax(values) <= 1.0 else values
+        return np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8)
+    wide = values.astype(np.int64)
+    if sixteen_bit or (wide.size and wide.max() > 255):
+        wide = (np.clip(wide, 0, 65535) + 128) // 257
+    return np.clip(wide, 0, 255).astype(np.uint8)
+
+
+def open_image(source: Union[str, bytes, os.PathLike], name: str = "") -> Image.Image:
+    """A path or encoded bytes -> RGB PIL image (see the module docstring)."""
+    what = name or (str(source) if not isinstance(source, bytes) else "image bytes")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im.load()
+            return to_rgb(im)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"{what}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def needs_rotation(data: bytes) -> bool:
+    """Does this encoded image carry an EXIF orientation other than 'upright'?"""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.getexif().get(0x0112, 1) not in (0, 1)
+    except (OSError, ValueError, SyntaxError):
+        return False
