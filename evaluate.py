@@ -13,6 +13,7 @@ from clipscratch.errors import cli_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from clipscratch.eval.args import non_negative_int, positive_int
     from clipscratch.eval.suite import METHODS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
         p.add_argument("--out", default="eval_results", help="folder for JSON, CSV and PNG outputs")
         p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-        p.add_argument("--batch-size", type=int, default=128)
-        p.add_argument("--workers", type=int, default=0)
+        p.add_argument("--batch-size", type=positive_int, default=128)
+        p.add_argument("--workers", type=non_negative_int, default=0)
         p.add_argument("--cache-dir", default=".cache/features", help="feature cache folder ('' disables it)")
         module.add_arguments(p)
     return parser

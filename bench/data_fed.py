@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 def _write(args):
     out, shard, n = args
-    from clipscratch.data.make_shards import synthetic_records, write_shards
+    from clipscratch.data.make_shards import synthetic_samples, write_shards
 
-    write_shards(synthetic_records(n, 1000 + shard, False, 256), out, maxcount=n, prefix=f"part{shard:03d}", desc=f"shard {shard}")
+    write_shards(synthetic_samples(n, 1000 + shard, False, 256), out, maxcount=n, prefix=f"part{shard:03d}", desc=f"shard {shard}")
 
 
 def make_data(workdir, samples, procs):

@@ -4,6 +4,7 @@ import torch
 
 import clipscratch
 from clipscratch.eval.datasets import digits
+from clipscratch.eval.splits import Splits
 from clipscratch.eval.features import FeatureExtractor
 from clipscratch.eval.zeroshot import zeroshot_metrics
 from clipscratch.loading import export
@@ -17,7 +18,8 @@ def test_zeroshot_accuracy_equals_clip_benchmark(tmp_path):
     torch.manual_seed(0)
     base = clipscratch.create_model("tiny-vit")
     # a model with real, varied predictions: the image tower briefly trained on 300 training digits
-    train = digits("train")
+    splits = Splits(digits())
+    train = splits["train"]
     preprocess = clipscratch.image_transform(base.config.vision.image_size)
     images = torch.stack([preprocess(im) for im in train.images[:300]])
     tokens = clipscratch.tokenize([t.format(c) for c in train.classnames for t in train.templates])
@@ -33,7 +35,7 @@ def test_zeroshot_accuracy_equals_clip_benchmark(tmp_path):
     ref.load_state_dict(torch.load(tmp_path / "oc.pt", weights_only=True)["state_dict"])
     ref.eval()
 
-    data = digits("test")
+    data = splits["test"]
     class Digits(torch.utils.data.Dataset):  # CLIP_benchmark reads dataset.classes
         classes = data.classnames
 

@@ -3,10 +3,11 @@ import io
 import tarfile
 
 import pytest
+import torch
 from PIL import Image
 
 from clipscratch.data.make_shards import main as make_shards_main
-from clipscratch.data.make_shards import synthetic_records, write_shards
+from clipscratch.data.make_shards import synthetic_samples, write_shards
 from clipscratch.data.pipeline import ShardDataset, StreamSpec, expand_sources, make_loader
 from clipscratch.errors import ClipscratchError
 from clipscratch.transforms import image_transform
@@ -30,7 +31,7 @@ def test_make_shards_from_csv_and_read_back(tmp_path, capsys):
     (tmp_path / "caps.csv").write_text("\n".join(rows))
     make_shards_main(["--captions", str(tmp_path / "caps.csv"), "--images", str(images), "--out", str(tmp_path / "shards"), "--maxcount", "4"])
     out = capsys.readouterr().out
-    assert "wrote 10 samples in 3 shards" in out and "skipped 1 unreadable" in out
+    assert "wrote 10 images in 3 shards" in out and "skipped 1 unreadable" in out
     batches = _read_all(str(tmp_path / "shards" / "shard-{000000..000002}.tar"), batch_size=5)
     assert [b["images"].shape for b in batches] == [(5, 3, 32, 32)] * 2
     captions = sorted(c for b in batches for c in b["captions"])
@@ -55,7 +56,7 @@ def _tar_member(tar, name, data: bytes):
 
 
 def test_corrupt_images_missing_captions_and_bad_shards_are_counted(tmp_path):
-    write_shards(synthetic_records(8, 0, False, 32), str(tmp_path), maxcount=8, prefix="good")
+    write_shards(synthetic_samples(8, 0, False, 32), str(tmp_path), maxcount=8, prefix="good")
     with tarfile.open(tmp_path / "bad-000000.tar", "w") as tar:
         buf = io.BytesIO()
         Image.new("RGB", (8, 8)).save(buf, format="JPEG")
@@ -77,18 +78,81 @@ def test_corrupt_images_missing_captions_and_bad_shards_are_counted(tmp_path):
 
 
 def test_split_by_worker_and_rank_covers_every_sample_once(tmp_path):
-    write_shards(synthetic_records(48, 1, False, 32), str(tmp_path), maxcount=6)
+    write_shards(synthetic_samples(48, 1, False, 32), str(tmp_path), maxcount=6)
     pattern = str(tmp_path / "shard-{000000..000007}.tar")
-    keys = []
+    expected = sorted(f"{i:09d}" for i in range(48))
+    per_rank = []
     for rank in range(2):
-        for b in _read_all(pattern, batch_size=2, workers=2, rank=rank, world_size=2):
-            keys.extend(b["captions"])
-    assert len(keys) == 48
+        keys = [k for b in _read_all(pattern, batch_size=2, workers=2, rank=rank, world_size=2) for k in b["keys"]]
+        assert len(keys) == len(set(keys))  # no sample twice within a rank
+        per_rank.append(set(keys))
+    assert not per_rank[0] & per_rank[1]  # nor across ranks
+    assert sorted(per_rank[0] | per_rank[1]) == expected  # and none missing
+
+
+def _indexed_samples(n, captions_per_image=1):
+    """Flat-colour JPEGs whose red level names their index: image i is red 6 * i (JPEG keeps a flat colour within 2 levels)."""
+    from clipscratch.data.images import encode_jpeg
+    from clipscratch.data.make_shards import Sample
+
+    for i in range(n):
+        image = Image.new("RGB", (40, 40), (6 * i, 255 - 6 * i, 128))
+        yield Sample(encode_jpeg(image), [f"picture number {i} version {v}" for v in range(captions_per_image)], {})
+
+
+def _index_of(image, normalised=True):
+    """Recover i from the mean red level of an image tensor [3, H, W]."""
+    from clipscratch.transforms import OPENAI_MEAN, OPENAI_STD
+
+    red = image[0].float().mean().item()
+    red = (red * OPENAI_STD[0] + OPENAI_MEAN[0]) * 255 if normalised else red
+    return round(red / 6)
+
+
+@pytest.mark.parametrize("gpu_decode", [False, True])
+def test_every_image_arrives_with_its_own_caption_and_tokens(tmp_path, gpu_decode):
+    """Through shuffling, two workers, several captions per image and (gpu_decode) JPEG bytes
+    decoded after batching, each image keeps its own caption, and the tokens are that caption's."""
+    import clipscratch
+    from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
+
+    write_shards(_indexed_samples(40, captions_per_image=3), str(tmp_path), maxcount=10)  # 2 workers x 2 shards x 2 batches
+    spec = StreamSpec(sources=expand_sources(str(tmp_path / "shard-{000000..000003}.tar")), weights=[1.0], batch_size=5,
+                      shuffle_buffer=12, gpu_decode=gpu_decode, seed=3)
+    seen = []
+    for batch in make_loader(ShardDataset(spec, image_transform(24, train=True, scale=(0.6, 1.0)), 77), 2):
+        if gpu_decode:
+            images, keep = gpu_transform(unpack_jpegs(batch["images"], batch["jpeg_ends"]), 24, "cpu", batch["boxes"])
+            assert keep.all()
+        else:
+            images = batch["images"]
+        assert torch.equal(batch["tokens"], clipscratch.tokenize(batch["captions"], truncate=True)[:, : batch["tokens"].shape[1]])
+        for image, caption in zip(images, batch["captions"]):
+            index = _index_of(image)
+            assert caption.startswith(f"picture number {index} version "), (index, caption)
+            seen.append(index)
+    assert sorted(seen) == list(range(40)) and seen != sorted(seen)  # all of them, shuffled
+
+
+def test_one_caption_of_several_is_drawn_per_epoch_the_same_way_every_run(tmp_path):
+    write_shards(_indexed_samples(12, captions_per_image=5), str(tmp_path), maxcount=12)
+
+    def captions(epoch):
+        spec = StreamSpec(sources=expand_sources(str(tmp_path / "shard-000000.tar")), weights=[1.0], batch_size=12,
+                          shuffle_buffer=0, epoch=epoch)
+        batch = next(iter(make_loader(ShardDataset(spec, image_transform(16), 77), 0)))
+        return batch["captions"]
+
+    first, again, later = captions(0), captions(0), captions(1)
+    assert first == again  # seeded: a resumed run draws the same captions
+    assert first != later  # a new draw each epoch
+    assert len({c.split(" version ")[1] for c in first}) > 1  # not always the first caption
+    assert all(a.split(" version ")[0] == b.split(" version ")[0] for a, b in zip(first, later))
 
 
 def test_resampled_mode_mixes_sources_by_weight(tmp_path):
-    write_shards(synthetic_records(20, 0, False, 32), str(tmp_path / "a"), maxcount=10)
-    write_shards(synthetic_records(20, 1, True, 32), str(tmp_path / "b"), maxcount=10)
+    write_shards(synthetic_samples(20, 0, False, 32), str(tmp_path / "a"), maxcount=10)
+    write_shards(synthetic_samples(20, 1, True, 32), str(tmp_path / "b"), maxcount=10)
     spec = StreamSpec(sources=expand_sources(f"{tmp_path}/a/shard-{{000000..000001}}.tar::{tmp_path}/b/shard-{{000000..000001}}.tar"),
                       weights=[3.0, 1.0], batch_size=10, resampled=True, batches_per_worker=40, shuffle_buffer=0)
     batches = list(make_loader(ShardDataset(spec, image_transform(32), 77), 0))
@@ -111,7 +175,7 @@ def test_uint8_batches_normalised_on_the_device_equal_the_float_pipeline(tmp_pat
 
     from clipscratch.transforms import normalize_images
 
-    write_shards(synthetic_records(12, seed=3, held_out=False, image_size=48), str(tmp_path), maxcount=12, prefix="s")
+    write_shards(synthetic_samples(12, seed=3, held_out=False, image_size=48), str(tmp_path), maxcount=12, prefix="s")
     pattern = str(tmp_path / "s-000000.tar")
 
     def read(normalize):
@@ -137,7 +201,7 @@ def test_gpu_decode_batches_carry_the_crops_the_cpu_path_draws(tmp_path):
     from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
     from clipscratch.data.pipeline import _seed_sample
 
-    write_shards(synthetic_records(8, seed=5, held_out=False, image_size=48), str(tmp_path), maxcount=8, prefix="s")
+    write_shards(synthetic_samples(8, seed=5, held_out=False, image_size=48), str(tmp_path), maxcount=8, prefix="s")
     pattern = str(tmp_path / "s-000000.tar")
     transform = image_transform(32, train=True, scale=(0.3, 1.0))
 
@@ -165,7 +229,7 @@ def test_gpu_decode_batches_carry_the_crops_the_cpu_path_draws(tmp_path):
 def test_gpu_decode_without_a_random_crop_takes_the_centre(tmp_path):
     from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
 
-    write_shards(synthetic_records(4, seed=6, held_out=False, image_size=48), str(tmp_path), maxcount=4, prefix="s")
+    write_shards(synthetic_samples(4, seed=6, held_out=False, image_size=48), str(tmp_path), maxcount=4, prefix="s")
     spec = StreamSpec(sources=expand_sources(str(tmp_path / "s-000000.tar")), weights=[1.0], batch_size=4,
                       shuffle_buffer=0, gpu_decode=True)
     batch = list(make_loader(ShardDataset(spec, image_transform(32), context_length=77), 0))[0]

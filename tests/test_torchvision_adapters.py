@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from clipscratch.eval.datasets import from_spec
+from clipscratch.eval.splits import Splits
 
 EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
            "Residential", "River", "SeaLake"]
@@ -25,12 +26,13 @@ def test_mnist_adapter_reads_the_local_files_with_openai_prompts(tmp_path):
     for split, n in (("train", 12), ("t10k", 7)):
         _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
         _write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
-    data = from_spec("mnist", "test", root=str(tmp_path))
+    splits = Splits(from_spec("mnist", root=str(tmp_path)))
+    data = splits["test"]
     assert len(data) == 7 and data.labels.tolist() == list(range(7))
     assert data.classnames == [str(i) for i in range(10)]
     assert data.templates == ['a photo of the number: "{}".']
     assert data.images[3].mode == "RGB" and data.images[3].size == (28, 28)
-    assert len(from_spec("mnist", "train", root=str(tmp_path))) == 12
+    assert len(splits["train"]) + len(splits["val"]) == 12
 
 
 def test_eurosat_adapter_maps_folders_to_openai_class_names(tmp_path):
@@ -38,7 +40,7 @@ def test_eurosat_adapter_maps_folders_to_openai_class_names(tmp_path):
         folder = tmp_path / "eurosat" / "2750" / name
         folder.mkdir(parents=True)
         Image.new("RGB", (64, 64), (i * 20, 0, 0)).save(folder / f"{name}_1.jpg")
-    data = from_spec("eurosat", "test", root=str(tmp_path))
+    data = from_spec("eurosat", root=str(tmp_path))
     assert len(data) == 10 and torch.equal(data.labels, torch.arange(10))
     assert data.classnames[0] == "annual crop land" and data.classnames[-1] == "lake or sea"
     assert all("{}" in t for t in data.templates)

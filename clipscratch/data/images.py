@@ -60,6 +60,12 @@ def open_image(source: Union[str, bytes, os.PathLike], name: str = "") -> Image.
         raise UnreadableImage(f"{what}: cannot read image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
+def encode_jpeg(image: Image.Image, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 

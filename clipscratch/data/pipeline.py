@@ -4,7 +4,8 @@
       -> tar samples (unreadable shards counted and skipped)
       -> shuffle buffer (seeded by seed, epoch, rank, worker)
       -> skip (resume: samples this worker already delivered this epoch)
-      -> decode (corrupt images / missing captions counted and skipped)
+      -> decode (corrupt images / missing captions counted and skipped; one of the
+         sample's captions drawn per epoch)
       -> augment (randomness seeded per sample, so a resumed run sees the same crops)
          [gpu_decode: both replaced by keeping JPEG bytes; gpu_decode.py decodes on the GPU]
       -> batch + tokenize (in the worker)
@@ -15,6 +16,7 @@ batch, so the training loop can summarise bad input without crashing.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import random
@@ -29,6 +31,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from ..errors import ClipscratchError
+from .images import UnreadableImage, encode_jpeg, needs_rotation, open_image
 
 Sample = Dict[str, object]
 
@@ -127,18 +130,34 @@ def skip(n: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     return stage
 
 
-def _caption(sample: Sample, log: SkipLog) -> Optional[str]:
-    """The sample's stripped caption, or None (counted) when it is missing or blank."""
+def _captions(sample: Sample) -> List[str]:
+    """All captions of a sample: make_shards' json list, else the txt member."""
+    if "json" in sample:
+        try:
+            listed = json.loads(sample["json"]).get("captions")
+        except (ValueError, AttributeError):
+            listed = None
+        if isinstance(listed, list):
+            return [c.strip() for c in listed if isinstance(c, str) and c.strip()]
     text = sample.get("txt")
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
-    if text is None or not text.strip():
+    return [text.strip()] if text and text.strip() else []
+
+
+def _caption(sample: Sample, log: SkipLog, seed: int, epoch: int) -> Optional[str]:
+    """One of the sample's captions, drawn afresh each epoch (seeded by seed, epoch and key, so
+    a resumed run draws the same); None (counted) when it has none."""
+    captions = _captions(sample)
+    if not captions:
         log.add("missing caption")
         return None
-    return text.strip()
+    if len(captions) == 1:
+        return captions[0]
+    return random.Random(zlib.crc32(f"{seed}/{epoch}/{sample.get('__key__', '?')}/caption".encode())).choice(captions)
 
 
-def decode(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+def decode(log: SkipLog, seed: int, epoch: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     """Raw tar members -> {"key", "image": PIL RGB, "caption": str}; corrupt ones counted and dropped."""
 
     def stage(samples):
@@ -147,13 +166,12 @@ def decode(log: SkipLog) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
             if raw is None:
                 log.add("missing image")
                 continue
-            caption = _caption(s, log)
+            caption = _caption(s, log, seed, epoch)
             if caption is None:
                 continue
             try:
-                with Image.open(io.BytesIO(raw)) as im:
-                    image = im.convert("RGB")
-            except (OSError, ValueError, Image.DecompressionBombError):
+                image = open_image(raw)
+            except UnreadableImage:
                 log.add("corrupt image")
                 continue
             yield {"key": s.get("__key__", "?"), "image": image, "caption": caption}
@@ -172,9 +190,15 @@ def raw_jpegs(log: SkipLog, crop: Optional[T.RandomResizedCrop], seed: int, epoc
             if raw is None or raw[:2] != b"\xff\xd8":
                 log.add("not a JPEG")
                 continue
-            caption = _caption(s, log)
+            caption = _caption(s, log, seed, epoch)
             if caption is None:
                 continue
+            if needs_rotation(raw):  # nvJPEG ignores EXIF orientation: turn it upright here (make_shards already does)
+                try:
+                    raw = encode_jpeg(open_image(raw))
+                except UnreadableImage:
+                    log.add("corrupt image")
+                    continue
             box = None  # no RandomResizedCrop in the transform: gpu_transform takes the centred square
             if crop is not None:
                 try:
@@ -238,7 +262,8 @@ def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, lo
                 if trim_text:
                     tokens = tokens[:, : int((tokens != 0).sum(1).max())]
                 images = [p["image"] for p in pending]
-                batch = {"tokens": tokens, "captions": [p["caption"] for p in pending], "skipped": log.drain()}
+                batch = {"tokens": tokens, "captions": [p["caption"] for p in pending], "keys": [p["key"] for p in pending],
+                         "skipped": log.drain()}
                 if images[0].dim() == 1:  # gpu_decode: JPEG bytes packed in one tensor, a crop box per image
                     batch["images"] = _cat_shared(images)
                     batch["jpeg_ends"] = torch.tensor([len(i) for i in images], dtype=torch.int64).cumsum(0)
@@ -291,7 +316,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             wds.tarfile_to_samples(handler=count_unreadable_shards(log)),
             shuffle(spec.shuffle_buffer, _rng(spec, "shuffle")),
             skip(skip_batches * spec.batch_size),
-            raw_jpegs(log, _random_crop(self.transform), spec.seed, spec.epoch) if spec.gpu_decode else decode(log),
+            raw_jpegs(log, _random_crop(self.transform), spec.seed, spec.epoch) if spec.gpu_decode else decode(log, spec.seed, spec.epoch),
             (lambda samples: samples) if spec.gpu_decode else augment(self.transform, spec.seed, spec.epoch),
             batch_and_tokenize(spec.batch_size, self.context_length, self.trim_text, log, limit),
         ]

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ClipscratchError
+from .args import positive_int
 from .datasets import few_shot_indices
 
 
@@ -33,7 +34,8 @@ def add_arguments(p) -> None:
     p.add_argument("--labels", nargs=2, default=["not hateful", "hateful"], help="names of label 0 and label 1")
     p.add_argument("--template", default="this photo is {label}")
     p.add_argument("--caption-template", help="prompt with the sample's caption, e.g. 'this photo says {caption}, it is {label}'")
-    p.add_argument("--shots", type=int, nargs="+", default=[4, 16, 64])
+    p.add_argument("--shots", type=positive_int, nargs="*", default=[4, 16, 64],
+                   help="examples per label for the few-shot classifier, fit on the train part ('--shots' alone: zero-shot only)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
 
 
@@ -47,7 +49,7 @@ def _prompt_features(ex, data, args) -> torch.Tensor:
 
 
 def run(suite, args) -> dict:
-    test = suite.data("test")
+    test = suite.test()
     if test.labels is None or int(test.labels.max()) > 1:
         raise ClipscratchError(f"{test.name}: binary tasks need labels 0/1")
     ex = suite.extractor
@@ -57,9 +59,10 @@ def run(suite, args) -> dict:
     print(f"  zero-shot accuracy {zs['accuracy']:.4f}  AUROC {zs['auroc']:.4f}")
     results = {"dataset": test.name, "zero_shot": zs, "few_shot": {}}
     rows = [{"method": "zero-shot", "shots": 0, **zs}]
-    train = suite.data("train")
-    if train.labels is not None:
+    if args.shots:
         from sklearn.linear_model import LogisticRegression
+
+        train, _, test = suite.fit_parts("binary few-shot")
 
         def joint(data):
             caps = [c[0] if c else "" for c in (data.captions or [[]] * len(data))]

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ClipscratchError
+from .args import positive_int
 
 
 def clip_score(image_features: torch.Tensor, caption_features: torch.Tensor, w: float = 2.5) -> torch.Tensor:
@@ -28,11 +29,11 @@ def ref_clip_score(clip_s: torch.Tensor, caption_features: torch.Tensor, referen
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--show", type=int, default=5, help="highest- and lowest-scoring pairs to list")
+    p.add_argument("--show", type=positive_int, default=5, help="highest- and lowest-scoring pairs to list")
 
 
 def run(suite, args) -> dict:
-    data = suite.data("test")
+    data = suite.test()
     if not data.captions:
         raise ClipscratchError(f"{data.name} has no captions; CLIPScore needs image-caption pairs")
     keep = [i for i, caps in enumerate(data.captions) if caps]

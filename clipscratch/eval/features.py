@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..tokenizer import get_tokenizer
 from .datasets import EvalData
-from .metrics import template_ensemble
+from .metrics import class_prompts, template_ensemble
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
@@ -52,7 +52,8 @@ class FeatureExtractor:
     def _cache_path(self, data: EvalData) -> Optional[str]:
         if not self.cache_dir:
             return None
-        key = hashlib.sha1(f"{self.fingerprint}|{data.name}|{len(data)}|{self.preprocess!r}".encode()).hexdigest()[:20]
+        members = hashlib.sha1("\n".join(data.locators()).encode()).hexdigest()  # which images, in which order
+        key = hashlib.sha1(f"{self.fingerprint}|{data.name}|{members}|{self.preprocess!r}".encode()).hexdigest()[:20]
         return os.path.join(self.cache_dir, f"image-{key}.safetensors")
 
     @torch.no_grad()
@@ -82,5 +83,4 @@ class FeatureExtractor:
 
     def classifier(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         """Zero-shot class embeddings [C, E]: mean of normalised template embeddings, renormalised."""
-        texts = [t.format(c) for c in classnames for t in templates]
-        return template_ensemble(self.text_features(texts), len(classnames))
+        return template_ensemble(self.text_features(class_prompts(classnames, templates)), len(classnames))

@@ -1,38 +1,26 @@
 """Few-shot finetuning of a chosen part of CLIP, classifying against the class-prompt embeddings.
 
-Parts: text (the text tower), image (the image tower), text_projection, image_projection,
-or any fnmatch pattern over parameter names. Logits are ``scale * img @ class_emb.T``
+Parts (``models/parts.py``, the same language as training's ``freeze=``): text, image,
+text_projection, image_projection, temperature, or an fnmatch pattern over parameter names. Logits are ``scale * img @ class_emb.T``
 with the class embeddings recomputed from the prompts at every step when the text side
 trains. When no image parameter trains, cached image features are used.
 """
 from __future__ import annotations
 
 import copy
-import fnmatch
 from typing import List
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ClipscratchError
+from ..models.parts import PARTS, parameter_names
+from .args import positive_int
 from .datasets import few_shot_indices
-from .metrics import classify, template_ensemble, topk_accuracy
-
-PARTS = {
-    "text": ["text.*"],
-    "image": ["visual.*"],
-    "text_projection": ["text.text_projection"],
-    "image_projection": ["visual.proj", "visual.attnpool.c_proj.*"],
-}
-
+from .metrics import class_prompts, classify, template_ensemble, topk_accuracy
 
 def trainable_names(model, part: str) -> List[str]:
-    patterns = PARTS.get(part, [part])
-    names = [n for n, _ in model.named_parameters() if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    if not names:
-        raise ClipscratchError(f"part {part!r} matches no parameter; use {', '.join(PARTS)} or a name pattern like 'visual.transformer.resblocks.1.*'")
-    return names
+    return parameter_names(model, [part])
 
 
 def class_embeddings(model, tokens: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -42,9 +30,10 @@ def class_embeddings(model, tokens: torch.Tensor, n_classes: int) -> torch.Tenso
 
 def finetune(model, part: str, images: torch.Tensor, labels: torch.Tensor, class_tokens: torch.Tensor, n_classes: int,
              cached_features: torch.Tensor = None, epochs: int = 30, lr: float = 1e-4, batch_size: int = 32, seed: int = 0):
-    """Return a finetuned copy of ``model``; only the parameters of ``part`` change."""
+    """Return a finetuned copy of ``model``; only the parameters of ``part`` change. The copy
+    stays in eval mode: a few images must not move BatchNorm statistics of a ResNet tower."""
     torch.manual_seed(seed)
-    model = copy.deepcopy(model).train()
+    model = copy.deepcopy(model).eval()
     names = set(trainable_names(model, part))
     for n, p in model.named_parameters():
         p.requires_grad_(n in names)
@@ -71,20 +60,20 @@ def finetune(model, part: str, images: torch.Tensor, labels: torch.Tensor, class
 
 def add_arguments(p) -> None:
     p.add_argument("--parts", nargs="+", default=["text_projection", "image_projection", "text", "image"],
-                   help="what to finetune: text, image, text_projection, image_projection or a name pattern")
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+                   help=f"what to finetune: {', '.join(PARTS)} or a parameter-name pattern")
+    p.add_argument("--shots", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--lr", type=float, default=1e-4)
 
 
 def run(suite, args) -> dict:
-    train, test = suite.data("train"), suite.data("test")
+    train, _, test = suite.fit_parts("fewshot")
     ex = suite.extractor
     base = suite.model
     test_feats = ex.image_features(test)
     train_feats = ex.image_features(train)
-    tokens = ex.tokenizer([t.format(c) for c in test.classnames for t in test.templates]).to(suite.device)
+    tokens = ex.tokenizer(class_prompts(test.classnames, test.templates)).to(suite.device)
     zs = topk_accuracy(classify(test_feats, ex.classifier(test.classnames, test.templates)), test.labels)
     rows, series = [], {}
     for part in args.parts:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ClipscratchError
+from .args import non_negative_int, positive_int
 
 
 class PromptSimilarity(nn.Module):
@@ -52,6 +53,12 @@ def compute_cams(model, images: torch.Tensor, prompt_embeddings: torch.Tensor, t
         raise ClipscratchError("put the model in eval mode for Grad-CAM")
     with GradCAM(model=wrapper, target_layers=[layer], reshape_transform=reshape) as cam:
         return cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+
+
+def explain(model, images: torch.Tensor, prompt_embeddings: torch.Tensor) -> np.ndarray:
+    """Maps [P, B, H, W]: every image explained against every prompt."""
+    n = images.shape[0]
+    return np.stack([compute_cams(model, images, prompt_embeddings, [j] * n) for j in range(prompt_embeddings.shape[0])])
 
 
 def pointing_game(cams: np.ndarray, boxes: List[List[Sequence[int]]], original_size: int) -> dict:
@@ -97,22 +104,25 @@ def overlay_grid(images: List, cams_by_prompt: List[np.ndarray], prompts: List[s
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--prompts", nargs="+", help="prompts to explain (default: the dataset's class prompts)")
-    p.add_argument("--images", type=int, default=6, help="images in the overlay grid")
-    p.add_argument("--pointing", type=int, default=200, help="shapes datasets: images for the pointing game (0 to skip)")
+    p.add_argument("--prompts", nargs="+", help="prompts to explain (default: the dataset's class prompts); "
+                   "the maps are saved as gradcam_maps.npz [prompts, images, H, W]")
+    p.add_argument("--images", type=positive_int, default=6, help="images in the overlay grid")
+    p.add_argument("--pointing", type=non_negative_int, default=200, help="shapes datasets: images for the pointing game (0 to skip)")
 
 
 def run(suite, args) -> dict:
-    data = suite.data("test")
+    data = suite.test()
     model, ex = suite.model, suite.extractor
     template = data.templates[0]
     prompts = args.prompts or [template.format(c) for c in data.classnames]
     prompt_emb = ex.text_features(prompts).to(suite.device)
     n = min(args.images, len(data))
     batch = torch.stack([suite.preprocess(data.images[i]) for i in range(n)]).to(suite.device)
-    cams = [compute_cams(model, batch, prompt_emb, [j] * n) for j in range(len(prompts))]
+    cams = explain(model, batch, prompt_emb)  # [P, n, H, W]
     grid = overlay_grid([data.images[i] for i in range(n)], cams, prompts, suite.path("gradcam_grid.png"))
-    results = {"dataset": data.name, "prompts": prompts, "grid": grid}
+    maps = suite.path("gradcam_maps.npz")
+    np.savez_compressed(maps, maps=cams, prompts=np.array(prompts))
+    results = {"dataset": data.name, "prompts": prompts, "grid": grid, "maps": maps}
     if args.pointing and "boxes" in data.extra and data.labels is not None:
         m = min(args.pointing, len(data))
         class_emb = ex.text_features([template.format(c) for c in data.classnames]).to(suite.device)

@@ -1,10 +1,15 @@
 """Metrics on features: zero-shot classifiers, accuracy, recall@k. Pure tensor functions."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
+
+
+def class_prompts(classnames: Sequence[str], templates: Sequence[str]) -> List[str]:
+    """Every class written into every template, class-major: [c0 t0, c0 t1, ..., c1 t0, ...]."""
+    return [template.format(name) for name in classnames for template in templates]
 
 
 def template_ensemble(text_features: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
 
 
 def run(suite, args) -> dict:
-    data = suite.data("test")
+    data = suite.test()
     if not data.captions:
         raise ClipscratchError(f"{data.name} has no captions; retrieval needs image-caption data (csv/jsonl with 'caption', wds shards, shapes)")
     images = suite.extractor.image_features(data)

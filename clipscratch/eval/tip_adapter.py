@@ -5,7 +5,8 @@ labels L [NK, C]. For a test feature f (normalised) and the zero-shot classifier
 
     logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ F.T)) @ L
 
-alpha and beta are searched on a validation split. Tip-Adapter-F finetunes the keys.
+alpha and beta are searched on the validation part (never on the test images). Tip-Adapter-F
+finetunes the keys on the k-shot images and searches alpha and beta again.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .args import positive_int
 from .datasets import few_shot_indices
 from .metrics import classify, topk_accuracy
 
@@ -59,16 +61,15 @@ def build_cache(train_feats: torch.Tensor, train_labels: torch.Tensor, num_class
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--shots", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--val-size", type=int, default=500, help="validation images (from the train split) for the search")
-    p.add_argument("--epochs", type=int, default=20, help="Tip-Adapter-F training epochs")
+    p.add_argument("--epochs", type=positive_int, default=20, help="Tip-Adapter-F training epochs")
 
 
 def run(suite, args) -> dict:
-    train, test = suite.data("train"), suite.data("test")
+    train, val, test = suite.fit_parts("tip-adapter", needs_val=True)
     ex = suite.extractor
-    train_feats, test_feats = ex.image_features(train), ex.image_features(test)
+    train_feats, val_feats, test_feats = ex.image_features(train), ex.image_features(val), ex.image_features(test)
     classifier = ex.classifier(test.classnames, test.templates)
     zs = topk_accuracy(classify(test_feats, classifier), test.labels)
     alphas, betas = np.linspace(0.1, 5, 25).tolist(), np.linspace(0.5, 10, 20).tolist()
@@ -77,13 +78,11 @@ def run(suite, args) -> dict:
         accs = {"Tip-Adapter": [], "Tip-Adapter-F": []}
         for seed in args.seeds:
             shot_idx = few_shot_indices(train.labels, k, seed)
-            rest = sorted(set(range(len(train))) - set(shot_idx))
-            val_idx = torch.tensor(np.random.default_rng(seed).permutation(rest)[: args.val_size].tolist())
             keys, values = build_cache(train_feats[shot_idx], train.labels[shot_idx], len(test.classnames))
-            _, a, b = search_alpha_beta(train_feats[val_idx], train.labels[val_idx], classifier, keys, values, alphas, betas)
+            _, a, b = search_alpha_beta(val_feats, val.labels, classifier, keys, values, alphas, betas)
             acc = topk_accuracy(tip_logits(test_feats, classifier, keys, values, a, b), test.labels)
             tuned = finetune_keys(keys, values, classifier, train_feats[shot_idx], train.labels[shot_idx], a, b, args.epochs)
-            _, af, bf = search_alpha_beta(train_feats[val_idx], train.labels[val_idx], classifier, tuned, values, alphas, betas)
+            _, af, bf = search_alpha_beta(val_feats, val.labels, classifier, tuned, values, alphas, betas)
             acc_f = topk_accuracy(tip_logits(test_feats, classifier, tuned, values, af, bf), test.labels)
             accs["Tip-Adapter"].append(acc)
             accs["Tip-Adapter-F"].append(acc_f)

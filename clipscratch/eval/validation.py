@@ -19,9 +19,10 @@ def shapes_report(model, device, unseen_pairs: bool = False, n: int = 600) -> Di
     from ..data.synthetic import TASKS
     from .datasets import shapes
     from .features import FeatureExtractor
+    from .splits import Splits
     from .zeroshot import zeroshot_metrics
 
-    data = shapes("colour", "test", n, unseen_pairs)
+    data = Splits(shapes("colour", n, unseen_pairs))["test"]
     ex = FeatureExtractor(model, image_transform(model.image_size), device, progress=False)
     feats = ex.image_features(data)
     prefix = "unseen_pairs_" if unseen_pairs else ""
@@ -68,9 +69,10 @@ def validate(model, cfg, device, max_samples: int = 1024) -> Dict[str, float]:
     for spec in cfg.eval_zeroshot:  # the evaluation suite's zero-shot, on any dataset it knows
         from .datasets import from_spec
         from .features import FeatureExtractor
+        from .splits import Splits
         from .zeroshot import zeroshot_metrics
 
-        data = from_spec(spec, "test", cfg.eval_root)
+        data = Splits(from_spec(spec, cfg.eval_root))["test"]
         ex = FeatureExtractor(model, image_transform(model.image_size), device, progress=False)
         metrics = zeroshot_metrics(ex.image_features(data), data.labels, ex.classifier(data.classnames, data.templates))
         results[f"zeroshot_top1_{spec}"] = metrics["top1"]

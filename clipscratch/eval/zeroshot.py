@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
 
 
 def run(suite, args) -> dict:
-    data = suite.data("test")
+    data = suite.test()
     feats = suite.extractor.image_features(data)
     if args.compare:
         rows = []

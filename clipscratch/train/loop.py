@@ -40,14 +40,14 @@ def build_model(cfg: TrainConfig):
 
 def prepare_synthetic(cfg: TrainConfig, accelerator: Accelerator) -> None:
     """Write the coloured-shapes shards once (main process), then point the config at them."""
-    from ..data.make_shards import synthetic_records, write_shards
+    from ..data.make_shards import synthetic_samples, write_shards
 
     root = os.path.join(cfg.output_dir, "data")
     for prefix, n, seed in (("train", cfg.data.synthetic, cfg.seed), ("val", max(256, cfg.data.synthetic // 20), cfg.seed + 1)):
         info = os.path.join(root, f"{prefix}_info.json")
         if accelerator.is_main_process and not os.path.exists(info):
             size = 64
-            write_shards(synthetic_records(n, seed, False, size), root, maxcount=max(64, n // 8), total=n,
+            write_shards(synthetic_samples(n, seed, False, size), root, maxcount=max(64, n // 8), total=n, overwrite=True,
                          prefix=prefix, desc=f"generating {prefix} shapes")
         accelerator.wait_for_everyone()
         with open(info) as f:

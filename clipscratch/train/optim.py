@@ -1,14 +1,13 @@
 """AdamW parameter groups, freezing by name, and the warm-up + cosine schedule."""
 from __future__ import annotations
 
-import fnmatch
 import math
 from typing import List
 
 import torch
 from torch import nn
 
-from ..errors import ClipscratchError
+from ..models.parts import parameter_names
 from .config import OptimConfig
 
 _NO_DECAY_NAMES = ("positional_embedding", "class_embedding", "token_embedding", "logit_scale", "logit_bias")
@@ -20,13 +19,11 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def freeze(model: nn.Module, patterns: List[str]) -> int:
-    """Set requires_grad=False on parameters whose name matches any fnmatch pattern; returns how many."""
+    """requires_grad=False on the parameters the patterns select (``models/parts.py``); returns how many."""
+    selected = set(parameter_names(model, patterns))
     frozen = 0
-    for pattern in patterns:
-        matched = [p for n, p in model.named_parameters() if fnmatch.fnmatchcase(n, pattern)]
-        if not matched:
-            raise ClipscratchError(f"freeze pattern {pattern!r} matches no parameter (names look like 'visual.conv1.weight')")
-        for p in matched:
+    for name, p in model.named_parameters():
+        if name in selected:
             frozen += int(p.requires_grad)
             p.requires_grad_(False)
     return frozen
