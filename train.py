@@ -1,57 +1,47 @@
 """Pretrain CLIP on image-caption webdataset shards.
 
-    accelerate launch train.py                                   # embedded default: synthetic shapes, tiny ViT, CPU minutes
+    accelerate launch train.py                                   # the default run: configs/default.yaml (CPU minutes)
     accelerate launch train.py --config configs/cc3m_vit_b32.yaml
     accelerate launch train.py --config X.yaml optim.lr=1e-3 data.batch_size=256
     accelerate launch train.py --config X.yaml --resume latest   # continue after a crash or kill
 
-Any config field can be overridden as key.sub=value; `--print-config` shows them all.
+Any config field can be overridden as key.sub=value; `--print-config` shows the resolved
+configuration (what the run saves as train_config.yaml).
 """
 import argparse
+import os
 import sys
 
 from clipscratch.errors import cli_errors
-from clipscratch.train.config import load_config, to_dict
 
-from clipscratch.train.config import DEFAULT_RUN  # noqa: E402  (the embedded default, = configs/default.yaml)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.yaml")
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (see configs/); without it, the embedded default run")
-    parser.add_argument("--resume", help="'latest' (the run's newest checkpoint, if any) or a checkpoint directory")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: configs/default.yaml, the shapes demonstration)")
+    parser.add_argument("--resume", help="'latest' (the run's newest intact checkpoint, if any) or a checkpoint directory")
+    parser.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds a run (its checkpoints and logs are removed)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=5e-4")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the flags
 
 
 @cli_errors
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(args.config, args.overrides, base=None if args.config else DEFAULT_RUN)
+    from clipscratch.train.config import dump, resolve
+
+    cfg = resolve(args.config, args.overrides)
     if args.print_config:
-        import yaml
+        print(dump(cfg), end="")
+        return None
+    from clipscratch.train.run import report, run
 
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return
-    from clipscratch.train.loop import run
-
-    results = run(cfg, resume=args.resume)
+    results = run(cfg, resume=args.resume, overwrite=args.overwrite)
     if results:
-        report(results)
-
-
-def report(results: dict) -> None:
-    print("\nresults on held-out data:")
-    for key, value in results.items():
-        if key.startswith(("zeroshot_", "val_", "unseen_pairs_", "text_to_image", "image_to_text")):
-            task = key.split("zeroshot_")[-1]
-            chance = results.get("chance_" + task) if "zeroshot_" in key else None
-            print(f"  {key:<32}{value:7.3f}" + (f"   (chance {chance:.3f})" if chance else ""))
-    if results.get("skipped"):
-        print("  skipped input: " + ", ".join(f"{n} {k}" for k, n in results["skipped"].items()))
-    print(f"checkpoint: {results['checkpoint']}  (clipscratch.load() reads it)")
-    print(f"training curves: {results['curves']}")
+        print("\n" + "\n".join(report(results)))
+    return results
 
 
 if __name__ == "__main__":

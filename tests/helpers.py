@@ -25,3 +25,22 @@ def randomize_(module: torch.nn.Module, seed: int = 0, scale: float = 0.02) -> t
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def open_clip_twin(model, tmp_path):
+    """The same weights in open_clip's own CLIP class (through our open_clip export)."""
+    import open_clip
+
+    from clipscratch.loading import export
+
+    export(model, str(tmp_path / "oc.pt"), "open_clip")
+    cfg = model.config
+    ref = open_clip.model.CLIP(
+        embed_dim=cfg.embed_dim, quick_gelu=cfg.activation == "quick_gelu",
+        vision_cfg=dict(image_size=cfg.vision.image_size, layers=cfg.vision.layers, width=cfg.vision.width,
+                        patch_size=cfg.vision.patch_size, head_width=cfg.vision.width // cfg.vision.num_heads),
+        text_cfg=dict(context_length=cfg.text.context_length, vocab_size=cfg.text.vocab_size, width=cfg.text.width,
+                      heads=cfg.text.heads, layers=cfg.text.layers),
+    )
+    ref.load_state_dict(torch.load(tmp_path / "oc.pt", weights_only=True)["state_dict"])
+    return ref.eval()

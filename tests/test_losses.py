@@ -39,13 +39,13 @@ def test_siglip_loss_matches_hand_written_formula():
     assert torch.allclose(SigLipLoss()(img, txt, scale, bias), expected)
 
 
-def _worker(rank, world, port, loss_name, out_dir):
+def _worker(rank, world, port, loss_name, out_dir, sizes):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = clipscratch.create_model("tiny-vit", **({"init_logit_bias": -10.0} if loss_name == "siglip" else {}))
-    images, tokens = _batch(8)
-    local = slice(rank * 4, (rank + 1) * 4)
+    images, tokens = _batch(sum(sizes))
+    local = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
     loss_fn = ClipLoss() if loss_name == "clip" else SigLipLoss()
     loss = plain_step(model, (images[local], tokens[local]), loss_fn, lambda l: l.backward())
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -57,14 +57,17 @@ def _worker(rank, world, port, loss_name, out_dir):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("loss_name", ["clip", "siglip"])
-def test_two_process_loss_and_gradients_equal_single_process(loss_name, tmp_path):
-    port = 29500 + (os.getpid() % 1000) + (0 if loss_name == "clip" else 7)
-    mp.start_processes(_worker, args=(2, port, loss_name, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+@pytest.mark.parametrize("loss_name,sizes", [("clip", (4, 4)), ("siglip", (4, 4)), ("clip", (5, 3)), ("siglip", (6, 2))])
+def test_two_process_loss_and_gradients_equal_single_process(loss_name, sizes, tmp_path):
+    """Equal batches, and unequal ones (gpu_decode drops an image that fails to decode from one
+    rank's batch only): the ranks' mean loss and averaged gradients are the single process's
+    on all samples together."""
+    port = 29500 + (os.getpid() % 1000) + 7 * sizes[0] + (0 if loss_name == "clip" else 3)
+    mp.start_processes(_worker, args=(2, port, loss_name, str(tmp_path), sizes), nprocs=2, join=True, start_method="spawn")
     torch.manual_seed(0)
     model = clipscratch.create_model("tiny-vit", **({"init_logit_bias": -10.0} if loss_name == "siglip" else {}))
     loss_fn = ClipLoss() if loss_name == "clip" else SigLipLoss()
-    loss = plain_step(model, _batch(8), loss_fn, lambda l: l.backward())
+    loss = plain_step(model, _batch(sum(sizes)), loss_fn, lambda l: l.backward())
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     got = torch.load(tmp_path / "dist.pt")
     assert abs(got["loss"].item() - loss) < 1e-5
@@ -100,7 +103,7 @@ def test_gradient_caching_replays_model_randomness():
     torch.manual_seed(5)
     feats = []
     for i, t in micro:
-        fi, ft, scale = model(i, t)
+        fi, ft, scale, _ = model(i, t)
         feats.append((fi, ft))
     ref = ClipLoss()(torch.cat([f[0] for f in feats]), torch.cat([f[1] for f in feats]), scale)
     ref.backward()

@@ -85,7 +85,9 @@ def test_forward_returns_normalised_features_and_clamped_scale():
     model = clipscratch.create_model("tiny-vit")
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
-        img, txt, scale = model(torch.randn(2, 3, 32, 32), clipscratch.tokenize(["a", "b"]))
+        img, txt, scale, bias = model(torch.randn(2, 3, 32, 32), clipscratch.tokenize(["a", "b"]))
     assert torch.allclose(img.norm(dim=-1), torch.ones(2)) and torch.allclose(txt.norm(dim=-1), torch.ones(2))
-    assert scale.item() == 100.0
+    assert scale.item() == 100.0 and bias is None
+    siglip = clipscratch.create_model("tiny-vit", init_logit_bias=-10.0)
+    assert siglip(torch.randn(2, 3, 32, 32), clipscratch.tokenize(["a", "b"])).bias is siglip.logit_bias
     assert abs(clipscratch.create_model("tiny-vit").logit_scale.exp().item() - 1 / 0.07) < 1e-4

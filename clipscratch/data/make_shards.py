@@ -13,6 +13,8 @@ caption per visit. Caption files: Flickr's ``image.jpg#N<TAB>caption``, CSV/TSV 
 caption columns, or JSONL (``data/captions.py``). Unreadable images are skipped, counted and
 named. Shards are written under a temporary name and renamed when complete; an output folder
 that already holds shards of the same prefix is refused unless ``--overwrite``.
+``PREFIX_info.json`` records the samples of each shard: training plans its epochs from it and
+counts the samples a damaged shard loses.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import glob
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import webdataset as wds
 from tqdm import tqdm
@@ -79,6 +81,7 @@ class ShardWriter:
     def __init__(self, out_dir: str, prefix: str, maxcount: int):
         self.out_dir, self.prefix, self.maxcount = out_dir, prefix, maxcount
         self.shards = self.samples = self._in_shard = 0
+        self.counts: Dict[str, int] = {}  # shard file name -> samples
         self._writer: Optional[wds.TarWriter] = None
 
     def _path(self, n: int, partial: bool = False) -> str:
@@ -97,6 +100,7 @@ class ShardWriter:
     def _finish(self) -> None:
         self._writer.close()
         os.replace(self._path(self.shards, partial=True), self._path(self.shards))
+        self.counts[os.path.basename(self._path(self.shards))] = self._in_shard
         self._writer, self._in_shard, self.shards = None, 0, self.shards + 1
 
     def close(self) -> None:
@@ -109,8 +113,9 @@ def existing_shards(out_dir: str, prefix: str) -> List[str]:
 
 
 def write_shards(samples: Iterable[Sample], out_dir: str, maxcount: int = 1000, total: Optional[int] = None,
-                 prefix: str = "shard", desc: str = "writing shards", overwrite: bool = False) -> dict:
-    """Write samples to ``out_dir/prefix-000000.tar`` ... and ``prefix_info.json``; returns the summary."""
+                 prefix: str = "shard", desc: str = "writing shards", overwrite: bool = False, info: Optional[dict] = None) -> dict:
+    """Write samples to ``out_dir/prefix-000000.tar`` ... and ``prefix_info.json`` (the summary,
+    with ``info`` added); returns the summary."""
     info_path = os.path.join(out_dir, f"{prefix}_info.json")
     old = existing_shards(out_dir, prefix) + ([info_path] if os.path.exists(info_path) else [])
     if old and not overwrite:
@@ -128,7 +133,8 @@ def write_shards(samples: Iterable[Sample], out_dir: str, maxcount: int = 1000, 
     if writer.samples == 0:
         raise ClipscratchError("no image was written: check --images, --only and the caption file")
     summary = {"samples": writer.samples, "shards": writer.shards,
-               "pattern": os.path.join(out_dir, f"{prefix}-{{000000..{max(writer.shards - 1, 0):06d}}}.tar")}
+               "pattern": os.path.join(out_dir, f"{prefix}-{{000000..{max(writer.shards - 1, 0):06d}}}.tar"),
+               "shard_samples": writer.counts, **(info or {})}
     tmp = info_path + ".partial"
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=2)

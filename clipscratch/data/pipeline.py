@@ -1,17 +1,21 @@
 """Reading image-caption shards: a webdataset pipeline of small named stages.
 
     shards (mixed by weight, split by node and worker)
-      -> tar samples (unreadable shards counted and skipped)
+      -> tar samples (unreadable shards counted; samples a damaged shard lost are counted
+         against make_shards' per-shard counts)
       -> shuffle buffer (seeded by seed, epoch, rank, worker)
-      -> skip (resume: samples this worker already delivered this epoch)
+      -> skip (resume: the raw samples this worker had consumed, counted before decoding, so a
+         dropped corrupt sample cannot shift a resumed stream)
       -> decode (corrupt images / missing captions counted and skipped; one of the
          sample's captions drawn per epoch)
       -> augment (randomness seeded per sample, so a resumed run sees the same crops)
          [gpu_decode: both replaced by keeping JPEG bytes; gpu_decode.py decodes on the GPU]
       -> batch + tokenize (in the worker)
 
-Each batch carries the counts of what its worker skipped since the previous
-batch, so the training loop can summarise bad input without crashing.
+Each batch carries the counts of what its worker skipped since the previous batch (a worker's
+last item may be such a tally alone, ``is_tally``), and the worker's position (raw samples
+consumed, batches delivered), which the trainer saves for an exact resume. A resampled stream that reads shard after shard without a usable sample stops
+with one clear error instead of running forever.
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ import math
 import os
 import random
 import zlib
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import webdataset as wds
@@ -50,8 +54,9 @@ class StreamSpec:
     resampled: bool = False
     batches_per_worker: Optional[int] = None  # resampled: batches each worker yields per epoch
     shuffle_buffer: int = 1000
-    skip_batches: int = 0  # resume: batches this rank's loader already delivered this epoch
-    num_workers: int = 1
+    resume: Dict[int, Tuple[int, int]] = field(default_factory=dict)  # worker -> (raw samples consumed, batches delivered)
+    first_worker: int = 0  # resume: the worker whose batch comes next (DataLoader's round robin starts there)
+    shard_samples: Dict[str, int] = field(default_factory=dict)  # url -> samples make_shards wrote in it
     gpu_decode: bool = False  # keep JPEG bytes; decode + augment on the GPU (gpu_decode.py)
 
 
@@ -68,30 +73,69 @@ def expand_sources(spec: str | Sequence[str]) -> List[List[str]]:
     return sources
 
 
-def _worker() -> tuple:
+def _worker(spec: StreamSpec) -> Tuple[int, int]:
+    """(this loader worker's stream, number of workers). DataLoader hands out batches round robin
+    from worker 0; a resumed loader plays stream ``first_worker`` in worker 0, so the batches
+    come in the order the interrupted run would have seen them."""
     info = torch.utils.data.get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
+    if info is None:
+        return 0, 1
+    return (info.id + spec.first_worker) % info.num_workers, info.num_workers
 
 
 def _rng(spec: StreamSpec, *salt) -> random.Random:
-    worker, _ = _worker()
+    worker, _ = _worker(spec)
     key = "/".join(str(x) for x in (spec.seed, spec.epoch, spec.rank, worker) + salt)
     return random.Random(zlib.crc32(key.encode()))
 
 
+def epoch_shard_order(sources: List[List[str]], seed: int, epoch: int) -> List[str]:
+    """Every shard url once, in this epoch's order (the same on every rank and worker)."""
+    urls = [u for src in sources for u in src]
+    random.Random(seed + epoch).shuffle(urls)
+    return urls
+
+
 def shard_urls(spec: StreamSpec) -> Iterator[Dict[str, str]]:
     """Stage 1: this worker's shard urls; one pass (split by node and worker) or resampled by weight forever."""
-    worker, num_workers = _worker()
+    worker, num_workers = _worker(spec)
     rng = _rng(spec, "shards")
     if spec.resampled:
         while True:
             source = rng.choices(range(len(spec.sources)), weights=spec.weights)[0]
             yield {"url": rng.choice(spec.sources[source])}
-    urls = [u for src in spec.sources for u in src]
-    random.Random(spec.seed + spec.epoch).shuffle(urls)  # same order on every rank and worker
-    mine = urls[spec.rank :: spec.world_size][worker :: num_workers]
+    mine = epoch_shard_order(spec.sources, spec.seed, spec.epoch)[spec.rank :: spec.world_size][worker :: num_workers]
     for url in mine:
         yield {"url": url}
+
+
+def shard_counts(sources: List[List[str]]) -> Dict[str, int]:
+    """url -> samples, from the ``*_info.json`` files make_shards writes beside its shards
+    (urls whose count is unknown are absent)."""
+    counts: Dict[str, int] = {}
+    for folder in sorted({os.path.dirname(u) for src in sources for u in src if "://" not in u}):
+        for name in sorted(os.listdir(folder or ".")):
+            if name.endswith("_info.json"):
+                try:
+                    with open(os.path.join(folder, name)) as f:
+                        listed = json.load(f).get("shard_samples", {})
+                except (OSError, ValueError):
+                    continue
+                counts.update({os.path.join(folder, shard): int(n) for shard, n in listed.items()})
+    wanted = {u for src in sources for u in src}
+    return {u: n for u, n in counts.items() if u in wanted}
+
+
+def planned_batches(sources: List[List[str]], counts: Dict[str, int], seed: int, epoch: int, world_size: int,
+                    num_workers: int, batch_size: int) -> Optional[List[int]]:
+    """Batches each rank's loader yields in one pass of this epoch (each worker drops its last
+    partial batch), or None when a shard's count is unknown."""
+    urls = epoch_shard_order(sources, seed, epoch)
+    if any(u not in counts for u in urls):
+        return None
+    workers = max(1, num_workers)
+    return [sum(sum(counts[u] for u in urls[rank::world_size][w::workers]) // batch_size for w in range(workers))
+            for rank in range(world_size)]
 
 
 class SkipLog:
@@ -100,12 +144,52 @@ class SkipLog:
     def __init__(self):
         self.counts: Dict[str, int] = {}
 
-    def add(self, kind: str) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
+    def add(self, kind: str, n: int = 1) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + n
 
     def drain(self) -> Dict[str, int]:
         counts, self.counts = self.counts, {}
         return counts
+
+
+class WorkerProgress:
+    """A worker's position in its epoch's stream (raw samples consumed, batches delivered) and
+    its watch for a stream that yields nothing usable."""
+
+    def __init__(self, consumed: int, batches: int, stall_shards: Optional[int], stall_samples: Optional[int]):
+        self.consumed, self.batches = consumed, batches
+        self.stall_shards, self.stall_samples = stall_shards, stall_samples  # None: the stream ends by itself
+        self.empty_shards = self.unusable = 0
+
+    def shard_read(self, samples: int) -> None:
+        self.empty_shards = 0 if samples else self.empty_shards + 1
+        if self.stall_shards is not None and self.empty_shards >= self.stall_shards:
+            raise ClipscratchError(f"{self.empty_shards} shards in a row could not be read: no usable training data")
+
+    def sample_decoded(self, usable: bool) -> None:
+        self.unusable = 0 if usable else self.unusable + 1
+        if self.stall_samples is not None and self.unusable >= self.stall_samples:
+            raise ClipscratchError(f"{self.unusable} samples in a row had no readable image and caption: no usable training data")
+
+
+def read_shards(log: SkipLog, progress: WorkerProgress, expected: Dict[str, int]
+                ) -> Callable[[Iterator[Dict[str, str]]], Iterator[Sample]]:
+    """Shard urls -> tar samples; a damaged shard's lost samples are counted (when make_shards'
+    count for it is known), an unreadable shard once."""
+    to_samples = wds.tarfile_to_samples(handler=count_unreadable_shards(log))
+
+    def stage(urls):
+        for item in urls:
+            n = 0
+            for sample in to_samples(iter([item])):
+                n += 1
+                yield sample
+            lost = expected.get(item["url"], 0) - n
+            if lost > 0:
+                log.add("sample lost in a damaged shard", lost)
+            progress.shard_read(n)
+
+    return stage
 
 
 def shuffle(buffer: int, rng: random.Random) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
@@ -121,10 +205,13 @@ def shuffle(buffer: int, rng: random.Random) -> Callable[[Iterator[Sample]], Ite
     return stage if buffer > 1 else (lambda samples: samples)
 
 
-def skip(n: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+def skip(progress: WorkerProgress) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+    """Drop the raw samples a resumed worker had consumed; count every sample let through."""
+
     def stage(samples):
         for i, s in enumerate(samples):
-            if i >= n:
+            if i >= progress.consumed:
+                progress.consumed += 1
                 yield s
 
     return stage
@@ -157,59 +244,66 @@ def _caption(sample: Sample, log: SkipLog, seed: int, epoch: int) -> Optional[st
     return random.Random(zlib.crc32(f"{seed}/{epoch}/{sample.get('__key__', '?')}/caption".encode())).choice(captions)
 
 
-def decode(log: SkipLog, seed: int, epoch: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+def decode(log: SkipLog, progress: WorkerProgress, seed: int, epoch: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     """Raw tar members -> {"key", "image": PIL RGB, "caption": str}; corrupt ones counted and dropped."""
+
+    def one(s: Sample) -> Optional[Sample]:
+        raw = next((s[k] for k in ("jpg", "jpeg", "png", "webp") if k in s), None)
+        if raw is None:
+            log.add("missing image")
+            return None
+        caption = _caption(s, log, seed, epoch)
+        if caption is None:
+            return None
+        try:
+            return {"key": s.get("__key__", "?"), "image": open_image(raw), "caption": caption}
+        except UnreadableImage:
+            log.add("corrupt image")
+            return None
 
     def stage(samples):
         for s in samples:
-            raw = next((s[k] for k in ("jpg", "jpeg", "png", "webp") if k in s), None)
-            if raw is None:
-                log.add("missing image")
-                continue
-            caption = _caption(s, log, seed, epoch)
-            if caption is None:
-                continue
-            try:
-                image = open_image(raw)
-            except UnreadableImage:
-                log.add("corrupt image")
-                continue
-            yield {"key": s.get("__key__", "?"), "image": image, "caption": caption}
+            decoded = one(s)
+            progress.sample_decoded(decoded is not None)
+            if decoded is not None:
+                yield decoded
 
     return stage
 
 
-def raw_jpegs(log: SkipLog, crop: Optional[T.RandomResizedCrop], seed: int, epoch: int
+def raw_jpegs(log: SkipLog, progress: WorkerProgress, crop: Optional[T.RandomResizedCrop], seed: int, epoch: int
               ) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
     """gpu_decode mode: keep the JPEG bytes as a uint8 tensor (the GPU decodes the batch) and
     draw the crop box here from the header's size, seeded as ``augment`` seeds the CPU path."""
 
-    def stage(samples):
-        for s in samples:
-            raw = s.get("jpg", s.get("jpeg"))
-            if raw is None or raw[:2] != b"\xff\xd8":
-                log.add("not a JPEG")
-                continue
-            caption = _caption(s, log, seed, epoch)
-            if caption is None:
-                continue
+    def one(s: Sample) -> Optional[Sample]:
+        raw = s.get("jpg", s.get("jpeg"))
+        if raw is None or raw[:2] != b"\xff\xd8":
+            log.add("not a JPEG")
+            return None
+        caption = _caption(s, log, seed, epoch)
+        if caption is None:
+            return None
+        try:
             if needs_rotation(raw):  # nvJPEG ignores EXIF orientation: turn it upright here (make_shards already does)
-                try:
-                    raw = encode_jpeg(open_image(raw))
-                except UnreadableImage:
-                    log.add("corrupt image")
-                    continue
+                raw = encode_jpeg(open_image(raw))
             box = None  # no RandomResizedCrop in the transform: gpu_transform takes the centred square
             if crop is not None:
-                try:
-                    with Image.open(io.BytesIO(raw)) as im:  # reads the header only
-                        _seed_sample(seed, epoch, s)
-                        box = crop.get_params(im, crop.scale, crop.ratio)
-                except (OSError, ValueError, Image.DecompressionBombError):
-                    log.add("corrupt image")
-                    continue
-            yield {"key": s.get("__key__", "?"), "image": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
-                   "caption": caption, "box": box}
+                with Image.open(io.BytesIO(raw)) as im:  # reads the header only
+                    _seed_sample(seed, epoch, s)
+                    box = crop.get_params(im, crop.scale, crop.ratio)
+        except (UnreadableImage, OSError, ValueError, Image.DecompressionBombError):
+            log.add("corrupt image")
+            return None
+        return {"key": s.get("__key__", "?"), "image": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                "caption": caption, "box": box}
+
+    def stage(samples):
+        for s in samples:
+            kept = one(s)
+            progress.sample_decoded(kept is not None)
+            if kept is not None:
+                yield kept
 
     return stage
 
@@ -249,12 +343,15 @@ def _shared_empty(shape, dtype) -> torch.Tensor:
     return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
 
 
-def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, log: SkipLog, limit: Optional[int]):
+def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, log: SkipLog, progress: WorkerProgress,
+                       limit: Optional[int], worker: int):
     def stage(samples):
         from ..tokenizer import get_tokenizer
 
         tokenizer = get_tokenizer(context_length)
-        produced, pending = 0, []
+        pending = []
+        if limit is not None and progress.batches >= limit:
+            return
         for s in samples:
             pending.append(s)
             if len(pending) == batch_size:
@@ -262,8 +359,9 @@ def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, lo
                 if trim_text:
                     tokens = tokens[:, : int((tokens != 0).sum(1).max())]
                 images = [p["image"] for p in pending]
+                progress.batches += 1
                 batch = {"tokens": tokens, "captions": [p["caption"] for p in pending], "keys": [p["key"] for p in pending],
-                         "skipped": log.drain()}
+                         "skipped": log.drain(), "worker": worker, "position": (progress.consumed, progress.batches)}
                 if images[0].dim() == 1:  # gpu_decode: JPEG bytes packed in one tensor, a crop box per image
                     batch["images"] = _cat_shared(images)
                     batch["jpeg_ends"] = torch.tensor([len(i) for i in images], dtype=torch.int64).cumsum(0)
@@ -272,11 +370,19 @@ def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, lo
                 else:
                     batch["images"] = _stack_shared(images)
                 yield batch
-                pending, produced = [], produced + 1
-                if limit is not None and produced >= limit:
-                    return
+                pending = []
+                if limit is not None and progress.batches >= limit:
+                    break
+        leftover = log.drain()
+        if leftover:  # what was skipped after the last full batch: a tally with no samples
+            yield {"skipped": leftover, "worker": worker, "captions": [], "keys": []}
 
     return stage
+
+
+def is_tally(batch: dict) -> bool:
+    """A worker's last item when it skipped samples after its last full batch: counts only."""
+    return "images" not in batch
 
 
 def count_unreadable_shards(log: SkipLog) -> Callable[[Exception], bool]:
@@ -303,22 +409,24 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         spec = self.spec
-        worker, num_workers = _worker()
+        worker, _ = _worker(spec)
         log = SkipLog()
-        skip_batches = 0
-        if spec.skip_batches > worker:
-            skip_batches = (spec.skip_batches - worker + num_workers - 1) // num_workers
-        limit = spec.batches_per_worker
-        if limit is not None:
-            limit = max(0, limit - skip_batches)
+        consumed, batches = spec.resume.get(worker, (0, 0))
+        n_urls = sum(len(src) for src in spec.sources)
+        stall = None
+        if spec.resampled:  # an endless stream: stop it when nothing usable comes out
+            known = sum(spec.shard_samples.values())
+            stall = (max(10, 2 * n_urls), max(1000, 2 * known) if known else 100_000)
+        progress = WorkerProgress(consumed, batches, *(stall or (None, None)))
         stages = [
             lambda _: shard_urls(spec),
-            wds.tarfile_to_samples(handler=count_unreadable_shards(log)),
+            read_shards(log, progress, spec.shard_samples),
             shuffle(spec.shuffle_buffer, _rng(spec, "shuffle")),
-            skip(skip_batches * spec.batch_size),
-            raw_jpegs(log, _random_crop(self.transform), spec.seed, spec.epoch) if spec.gpu_decode else decode(log, spec.seed, spec.epoch),
+            skip(progress),
+            raw_jpegs(log, progress, _random_crop(self.transform), spec.seed, spec.epoch) if spec.gpu_decode
+            else decode(log, progress, spec.seed, spec.epoch),
             (lambda samples: samples) if spec.gpu_decode else augment(self.transform, spec.seed, spec.epoch),
-            batch_and_tokenize(spec.batch_size, self.context_length, self.trim_text, log, limit),
+            batch_and_tokenize(spec.batch_size, self.context_length, self.trim_text, log, progress, spec.batches_per_worker, worker),
         ]
         stream = None
         for stage in stages:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterable, Iterator, Tuple
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 
 import torch
 
@@ -85,3 +85,29 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
                 ready.get(timeout=0.1)
             except queue.Empty:
                 pass
+
+
+def to_device(batch: dict, device: torch.device, image_size: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """A loader batch -> (normalised images [B, 3, S, S], tokens [B, T]) on ``device``; None for
+    a worker's closing tally of skipped samples.
+
+    Workers send uint8 pixels (normalised here, a quarter of the bytes through shared and pinned
+    memory) or, with ``data.gpu_decode``, packed JPEG bytes decoded here; an image that fails to
+    decode drops out with its tokens and is counted in the batch's own tally (this may run in
+    the prefetch thread)."""
+    from ..transforms import normalize_images
+
+    if "images" not in batch:
+        return None
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    if "jpeg_ends" in batch:
+        from .gpu_decode import gpu_transform, unpack_jpegs
+
+        images, keep = gpu_transform(unpack_jpegs(batch["images"], batch["jpeg_ends"]), image_size, device, batch.get("boxes"))
+        if not keep.all():
+            skipped = batch["skipped"]
+            skipped["corrupt image"] = skipped.get("corrupt image", 0) + int((~keep).sum())
+            tokens = tokens[keep.to(device)]
+        return images, tokens
+    images = batch["images"].to(device, non_blocking=True)
+    return (normalize_images(images) if images.dtype == torch.uint8 else images), tokens

@@ -1,7 +1,7 @@
 """The CLIP model: an image tower, a text tower and a learned temperature."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,15 @@ from .config import CLIPConfig
 from .modified_resnet import ModifiedResNet
 from .text_transformer import TextTransformer
 from .vision_transformer import VisionTransformer
+
+
+class CLIPOutput(NamedTuple):
+    """What ``CLIP.forward`` returns: everything a contrastive loss needs."""
+
+    image_features: torch.Tensor  # [B, E], unit norm
+    text_features: torch.Tensor  # [B, E], unit norm
+    scale: torch.Tensor  # exp(logit_scale), clamped
+    bias: Optional[torch.Tensor]  # SigLIP's learned logit bias, None for CLIP
 
 
 class CLIP(nn.Module):
@@ -49,10 +58,10 @@ class CLIP(nn.Module):
         """exp(logit_scale) clamped to ``max_logit_scale`` (100, as in the CLIP paper)."""
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
         image_features = self.encode_image(images, normalize=True)  # [B, E]
         text_features = self.encode_text(tokens, normalize=True)  # [B, E]
-        return image_features, text_features, self.scale()
+        return CLIPOutput(image_features, text_features, self.scale(), getattr(self, "logit_bias", None))
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.text.transformer.grad_checkpointing = enabled

@@ -1,10 +1,14 @@
-"""Training configuration: dataclasses <-> YAML, with ``key.sub=value`` overrides.
+"""Training configuration: frozen dataclasses, resolved once.
 
-Unknown keys and values of the wrong type are one clear error naming the valid keys.
+``resolve(path, overrides)`` = defaults, then the YAML file, then ``key.sub=value`` overrides,
+then derived values (SigLIP's initial bias and temperature), then checks of every value; the
+result is frozen and saved with the run. Unknown keys, values of the wrong type and values out
+of range are one clear error naming the key.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -14,12 +18,21 @@ import yaml
 from ..errors import ClipscratchError
 
 
-@dataclass
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Data made by a registered generator before training (``train/data_generators.py``)."""
+
+    kind: str = ""  # "shapes": demos/shapes.py writes the data.train and data.val shards if they are missing
+    train_samples: int = 0
+    val_samples: int = 0
+
+
+@dataclass(frozen=True)
 class DataConfig:
     train: str = ""  # shard pattern(s): "a/{000..009}.tar", several sources joined with "::"
     weights: Optional[List[float]] = None  # sampling weight of each source (resampled mode)
-    val: str = ""  # held-out shards for the validation loss and retrieval
-    synthetic: int = 0  # >0: generate this many coloured-shape images (and a held-out set) first
+    val: str = ""  # held-out shards for the evaluators that read them (e.g. retrieval)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     batch_size: int = 128  # per process
     workers: int = 2
     shuffle_buffer: int = 1000
@@ -30,7 +43,7 @@ class DataConfig:
     augment_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = 5e-4
     weight_decay: float = 0.2
@@ -40,7 +53,7 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0 disables clipping
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     model: str = "small-vit"
     model_overrides: Dict[str, Any] = field(default_factory=dict)
@@ -53,15 +66,14 @@ class TrainConfig:
     precision: str = "no"  # no | bf16 | fp16 (accelerate mixed precision)
     grad_checkpointing: bool = False
     compile: bool = False
-    freeze: List[str] = field(default_factory=list)  # parameter-name patterns (fnmatch), e.g. "visual.*" for LiT
+    freeze: List[str] = field(default_factory=list)  # parts or parameter patterns (models/parts.py), e.g. "image" for LiT
     seed: int = 0
     output_dir: str = "runs/default"
     save_every: int = 100  # optimizer steps between checkpoints
     keep_checkpoints: int = 2
     log_every: int = 10
-    eval_every: int = 0  # >0: zero-shot / validation evaluation every N steps
-    eval_zeroshot: List[str] = field(default_factory=list)  # dataset specs for evaluate.py's zero-shot, e.g. ["digits", "cifar10"]
-    eval_root: str = "data"  # root of torchvision datasets named in eval_zeroshot
+    eval_every: int = 0  # >0: run the evaluators every N steps (always once at the end)
+    evals: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # evaluator name -> its options (train/evaluators.py)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -72,10 +84,10 @@ def to_dict(cfg) -> dict:
 
 def from_dict(d: dict, cls=TrainConfig, where: str = ""):
     if not isinstance(d, dict):
-        raise ClipscratchError(f"config section {where or 'root'!r} must be a mapping, got {type(d).__name__}")
+        raise ClipscratchError(f"config section {where.rstrip('.') or 'root'!r} must be a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(d) - set(fields)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - fields
     if unknown:
         raise ClipscratchError(
             f"unknown config key '{where}{sorted(unknown)[0]}'; valid keys{' in ' + where.rstrip('.') if where else ''}: "
@@ -102,9 +114,11 @@ def _coerce(value, hint, key: str):
             value = [value]
         return [_coerce(v, args[0], key) for v in value] if args else list(value)
     if origin in (dict, Dict):
+        if value is None:
+            return {}
         if not isinstance(value, dict):
             raise ClipscratchError(f"config key {key!r} expects a mapping, got {value!r}")
-        return dict(value)
+        return {k: ({} if v is None else v) for k, v in value.items()}
     if hint is Any:
         return value
     if hint is bool:
@@ -131,7 +145,10 @@ def apply_overrides(d: dict, overrides: List[str]) -> dict:
         if "=" not in item:
             raise ClipscratchError(f"override {item!r} is not of the form key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
         node = d
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -142,47 +159,97 @@ def apply_overrides(d: dict, overrides: List[str]) -> dict:
     return d
 
 
-# The embedded default run: `accelerate launch train.py` with no arguments (configs/default.yaml
-# holds the same values). Tiny ViT on generated coloured shapes: minutes on 2 CPU cores.
-DEFAULT_RUN = {
-    "model": "small-vit",
-    "data": {"synthetic": 12000, "batch_size": 128, "workers": 2},
-    "epochs": 8,
-    "optim": {"lr": 1.0e-3, "warmup_steps": 40, "weight_decay": 0.1},
-    "log_every": 5,
-    "save_every": 100,
-    "output_dir": "runs/default",
-}
-
-
-def load_config(path: Optional[str], overrides: List[str], base: Optional[dict] = None) -> TrainConfig:
-    """Defaults, then ``base`` (a dict), then the YAML file at ``path``, then ``key=value`` overrides."""
-    defaults = to_dict(TrainConfig())
-    if base:
-        _merge(defaults, base)
-    base = defaults
-    if path:
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ClipscratchError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ClipscratchError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        _merge(base, loaded)
-    return from_dict(apply_overrides(base, overrides))
-
-
-def _merge(base: dict, new: dict) -> None:
+def _merge(base: dict, new: dict, where: str = "") -> None:
     if not isinstance(new, dict):
-        raise ClipscratchError("config file must hold a mapping of keys to values")
+        raise ClipscratchError(f"config {where or 'file'} must hold a mapping of keys to values")
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "model_overrides":
-            _merge(base[k], v)
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k not in ("model_overrides", "evals"):
+            _merge(base[k], v, f"section {k!r}")
         else:
             base[k] = v
 
 
+def read_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ClipscratchError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ClipscratchError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def resolve(path: Optional[str], overrides: List[str] = ()) -> TrainConfig:
+    """The run's configuration, resolved once: defaults, YAML file, overrides, derived values, checks."""
+    merged = to_dict(TrainConfig())
+    if path:
+        _merge(merged, read_yaml(path))
+    cfg = from_dict(apply_overrides(merged, list(overrides)))
+    cfg = _derive(cfg)
+    check(cfg)
+    return cfg
+
+
+def _derive(cfg: TrainConfig) -> TrainConfig:
+    """Values that follow from others: SigLIP starts at bias -10 and temperature 10 (as its paper)."""
+    if cfg.loss == "siglip" and not cfg.init_from and "init_logit_bias" not in cfg.model_overrides:
+        overrides = {"init_logit_bias": -10.0, "init_logit_scale": math.log(10), **cfg.model_overrides}
+        cfg = dataclasses.replace(cfg, model_overrides=overrides)
+    return cfg
+
+
+def _require(ok: bool, key: str, rule: str, value) -> None:
+    if not ok:
+        raise ClipscratchError(f"config key {key!r} must be {rule}, got {value!r}")
+
+
+def check(cfg: TrainConfig) -> None:
+    """Every value in range, one clear error naming the first that is not."""
+    from .evaluators import check_evals
+    from .generators import check_generate
+
+    o, d = cfg.optim, cfg.data
+    _require(o.lr > 0, "optim.lr", "> 0", o.lr)
+    _require(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
+    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", "two numbers in [0, 1)", o.betas)
+    _require(o.eps > 0, "optim.eps", "> 0", o.eps)
+    _require(o.warmup_steps >= 0, "optim.warmup_steps", ">= 0", o.warmup_steps)
+    _require(o.grad_clip >= 0, "optim.grad_clip", ">= 0 (0 disables clipping)", o.grad_clip)
+    _require(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
+    _require(d.workers >= 0, "data.workers", ">= 0", d.workers)
+    _require(d.shuffle_buffer >= 0, "data.shuffle_buffer", ">= 0", d.shuffle_buffer)
+    _require(d.samples_per_epoch >= 0, "data.samples_per_epoch", ">= 0", d.samples_per_epoch)
+    _require(len(d.augment_scale) == 2 and 0 < d.augment_scale[0] <= d.augment_scale[1] <= 1, "data.augment_scale",
+             "[low, high] with 0 < low <= high <= 1", d.augment_scale)
+    _require(d.weights is None or all(w > 0 for w in d.weights), "data.weights", "positive numbers", d.weights)
+    _require(d.weights is None or len(d.weights) == len(d.train.split("::")), "data.weights",
+             "one weight per source of data.train", d.weights)
+    _require(cfg.epochs >= 1, "epochs", ">= 1", cfg.epochs)
+    _require(cfg.max_steps >= 0, "max_steps", ">= 0 (0: run all epochs)", cfg.max_steps)
+    _require(cfg.accum_steps >= 1, "accum_steps", ">= 1", cfg.accum_steps)
+    _require(cfg.precision in ("no", "bf16", "fp16"), "precision", "one of no, bf16, fp16", cfg.precision)
+    _require(cfg.loss in ("clip", "siglip"), "loss", "one of clip, siglip", cfg.loss)
+    for key in ("save_every", "keep_checkpoints", "log_every"):
+        _require(getattr(cfg, key) >= 1, key, ">= 1", getattr(cfg, key))
+    _require(cfg.eval_every >= 0, "eval_every", ">= 0 (0: only at the end)", cfg.eval_every)
+    _require(bool(d.train), "data.train", "a shard pattern (webdataset .tar files)", d.train)
+    _require(not d.resampled or d.samples_per_epoch > 0 or cfg.max_steps > 0, "data.samples_per_epoch",
+             "> 0 with data.resampled=true (or set max_steps)", d.samples_per_epoch)
+    if not cfg.init_from:
+        from ..models import get_config
+
+        try:
+            get_config(cfg.model)
+        except KeyError as e:
+            raise ClipscratchError(str(e).strip("'\"")) from None
+    check_generate(d)
+    check_evals(cfg)
+
+
+def dump(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: TrainConfig, path: str) -> None:
     with open(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        f.write(dump(cfg))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 
 class MetricsLogger:
@@ -49,26 +49,28 @@ def read_metrics(path: str) -> List[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(metrics_path: str, png_path: str) -> str:
+BASE_PANELS = [("train loss", ["loss"]), ("learning rate", ["lr"]), ("logit scale", ["scale"])]
+
+
+def plot_curves(metrics_path: str, png_path: str, panels: List[Tuple[str, List[str]]]) -> Optional[str]:
+    """One panel per (title, metric keys) that has any logged value; None when nothing was logged."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
-    panels = [("loss", "train loss"), ("val_loss", "validation loss"), ("lr", "learning rate"), ("scale", "logit scale"),
-              ("text_to_image_R@1", "retrieval R@1 (text->image)"), ("zeroshot_colour", "zero-shot accuracy")]
-    panels = [(k, t) for k, t in panels if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes if len(panels) > 1 else [axes], panels):
-        if key == "zeroshot_colour":
-            for task in ("colour", "shape", "count", "position"):
-                pts = [(r["step"], r[f"zeroshot_{task}"]) for r in rows if f"zeroshot_{task}" in r]
-                ax.plot(*zip(*pts), marker="o", label=task)
-            ax.legend(fontsize=7)
-        else:
+    rows = read_metrics(metrics_path) if os.path.exists(metrics_path) else []
+    panels = [(title, [k for k in keys if any(k in r for r in rows)]) for title, keys in BASE_PANELS + list(panels)]
+    panels = [(title, keys) for title, keys in panels if keys]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels):
+        for key in keys:
             pts = [(r["step"], r[key]) for r in rows if key in r]
-            ax.plot(*zip(*pts), marker="o" if key != "loss" else None)
+            ax.plot(*zip(*pts), marker="o" if len(pts) < 50 else None, label=key)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("step")
     fig.tight_layout()

@@ -1,0 +1,1 @@
+"""Demonstrations plugged into the generic trainer by their configs (configs/default.yaml: shapes)."""
