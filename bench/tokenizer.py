@@ -1,16 +1,22 @@
 """Tokenizer throughput: clipscratch vs OpenAI's SimpleTokenizer (clip.tokenize).
 
     python bench/tokenizer.py                      # generated caption-like corpus
-    python bench/tokenizer.py --captions FILE.txt  # one caption per line (e.g. real alt-texts)
+    python bench/tokenizer.py --captions ../shared/data/flickr8k-captions/Flickr8k.token.txt   # real captions
+    python bench/tokenizer.py --captions ../shared/data/hateful-memes-text/train.jsonl          # meme text
+    python bench/tokenizer.py --captions FILE.txt  # any caption file data/captions.py reads, or one caption per line
 
 Both tokenizers start cold (OpenAI's BPE cache empty) in each of --repeats runs, the fastest\nrun counts, and outputs are checked equal.
 """
 import argparse
+import os
 import random
 import statistics
+import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 SUBJECTS = ["a man", "two women", "a small dog", "the old bridge", "a red car", "children", "a chef", "an astronaut",
             "a bowl of ramen", "the city skyline", "a vintage camera", "three horses", "a wooden table", "a surfer"]
@@ -37,14 +43,26 @@ def generated_captions(n: int, seed: int = 0):
     return out
 
 
+def read_captions(path: str):
+    """Every caption of a caption file, or its lines when it is a plain list of captions."""
+    from clipscratch.data.captions import read_table
+    from clipscratch.errors import ClipscratchError
+
+    try:
+        captions = [c for record in read_table(path) for c in record.captions]
+    except ClipscratchError:
+        captions = []
+    return captions or [line for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--captions", help="text file with one caption per line")
+    parser.add_argument("--captions", help="caption file (Flickr token, CSV/TSV, JSONL) or one caption per line")
     parser.add_argument("-n", type=int, default=200000, help="number of generated captions")
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved cold runs of each tokenizer")
     args = parser.parse_args()
-    captions = open(args.captions).read().splitlines() if args.captions else generated_captions(args.n)
+    captions = read_captions(args.captions) if args.captions else generated_captions(args.n)
 
     import clip
     from clipscratch.text_cleaning import _fix_quotes_only, ftfy_leaves_unchanged, is_plain_ascii

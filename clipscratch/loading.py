@@ -2,7 +2,8 @@
 
 Formats, detected from the file:
 
-* clipscratch: a directory (or ``.safetensors`` file) with ``config.json`` whose ``format`` is ``clipscratch``;
+* clipscratch: a directory (or ``.safetensors`` file) with ``config.json`` whose ``format`` is ``clipscratch``,
+  or a training run's output folder (its newest checkpoint);
 * Hugging Face ``transformers`` CLIPModel directories (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``);
 * OpenAI's released files: TorchScript archives or plain state dicts (architecture inferred from the shapes);
 * open_clip checkpoints, plain or training (``{"state_dict": {"module.…"}}``); ``model=`` names the architecture;
@@ -66,7 +67,10 @@ def load(
 
 def read_checkpoint(path: str, model: Optional[Union[str, CLIPConfig]] = None) -> Tuple[CLIPConfig, Dict[str, torch.Tensor]]:
     """(config, clipscratch-layout state dict) of any supported checkpoint."""
-    named_cfg = get_config(model) if isinstance(model, str) else model
+    try:
+        named_cfg = get_config(model) if isinstance(model, str) else model
+    except KeyError as e:
+        raise ClipscratchError(str(e).strip("'\"")) from None
     if os.path.isdir(path):
         return _read_directory(path, named_cfg)
     if path.endswith(".safetensors"):
@@ -90,7 +94,16 @@ def read_checkpoint(path: str, model: Optional[Union[str, CLIPConfig]] = None) -
     return cfg, open_clip_convert.from_open_clip(sd)
 
 
+def newest_checkpoint(run_dir: str) -> Optional[str]:
+    """The newest ``checkpoints/step_*`` folder of a training run's output folder, if any."""
+    root = os.path.join(run_dir, "checkpoints")
+    steps = sorted(d for d in os.listdir(root) if d.startswith("step_")) if os.path.isdir(root) else []
+    return os.path.join(root, steps[-1]) if steps else None
+
+
 def _read_directory(path: str, named_cfg: Optional[CLIPConfig]):
+    if not os.path.exists(os.path.join(path, CONFIG_NAME)) and newest_checkpoint(path):
+        path = newest_checkpoint(path)  # a training run's folder: its newest checkpoint
     config_path = os.path.join(path, CONFIG_NAME)
     if not os.path.exists(config_path):
         raise ClipscratchError(f"{path}: directory has no {CONFIG_NAME}; expected a clipscratch or Hugging Face checkpoint")
@@ -137,7 +150,32 @@ def _safetensors(path: str) -> Dict[str, torch.Tensor]:
         raise ClipscratchError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+def _not_a_checkpoint(path: str) -> Optional[str]:
+    """What a file is when its first bytes say it is no checkpoint (a zip archive, a pickle or
+    safetensors can be); None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or (len(head) > 8 and head[8:9] == b"{"):
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return f"an image ({im.format}, {im.size[0]}x{im.size[1]})"
+    except (OSError, ValueError, SyntaxError):
+        pass
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return f"not a checkpoint file (it starts with {head[:8]!r})"
+
+
 def _torch_load(path: str):
+    what = _not_a_checkpoint(path)
+    if what:
+        raise ClipscratchError(f"{path} is {what}, not a model checkpoint (clipscratch.load reads OpenAI, open_clip, "
+                               f"Hugging Face and clipscratch checkpoints)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -12,7 +12,7 @@ run linear-probe --dataset shapes:shape
 run fewshot --dataset shapes:shape --parts text_projection image_projection text image --shots 1 2 4 8 16 --seeds 0 1 --epochs 20
 run tip-adapter --dataset shapes:shape --shots 1 2 4 8 16 --seeds 0 1
 run zeroshot --dataset shapes-unseen:shape --out "$OUT/unseen"
-run gradcam --dataset shapes:shape --images 4 --pointing 300
+run gradcam --dataset shapes:colour --images 4 --pointing 300
 run clipscore --dataset shapes:colour --show 3
 run binary --dataset shapes:plural --labels "one shape" "several shapes" --template "a photo of {label}" --shots 4 16 64 --seeds 0 1
 mkdir -p docs/images

@@ -75,3 +75,26 @@ def test_summary_cli_prints_parameters_and_gflops(capsys):
     out = capsys.readouterr().out
     assert "87,849,216" in out  # image tower parameters of ViT-B/32
     assert "GFLOPs" in out and "text" in out
+
+
+def test_a_text_file_or_an_image_is_named_for_what_it_is(tmp_path, shared_data):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are not weights\n")
+    with pytest.raises(ClipscratchError, match="notes.txt is a text file, not a model checkpoint"):
+        clipscratch.load(str(notes))
+    photo = os.path.join(shared_data, "photos", "chelsea.png")
+    with pytest.raises(ClipscratchError, match=r"chelsea.png is an image \(PNG, 451x300\), not a model checkpoint"):
+        clipscratch.load(photo)
+
+
+def test_an_unknown_architecture_names_the_known_ones(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = clipscratch.create_model("tiny-vit")
+    export(model, str(tmp_path / "oc.pt"), "open_clip")
+    out = subprocess.run([sys.executable, os.path.join(root, "evaluate.py"), "zeroshot", "--model", str(tmp_path / "oc.pt"),
+                          "--arch", "NoSuchArch"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "unknown model 'NoSuchArch'; known models:" in out.stderr and "ViT-B-32" in out.stderr

@@ -325,3 +325,25 @@ def test_to_device_drops_jpegs_the_gpu_cannot_decode_and_counts_them_in_the_batc
     images, tokens = to_device(batch, torch.device("cpu"), 32)
     assert images.shape == (2, 3, 32, 32) and tokens[:, 0].tolist() == [0, 2]
     assert batch["skipped"] == {"missing caption": 2, "corrupt image": 1}
+
+
+def test_flickr8k_config_trains_on_real_photos_and_scores_the_test_split(tmp_path, shared_data):
+    """configs/flickr8k.yaml end to end on the CPU with a tiny model: shards of the official
+    train-split photos (real JPEGs, 200 and 500 pixels), retrieval on the 125 test-split photos."""
+    from clipscratch.data.make_shards import main as make_shards
+
+    photos, caps = os.path.join(shared_data, "flickr8k-1000"), os.path.join(shared_data, "flickr8k-captions")
+    for split in ("train", "test"):
+        make_shards(["--captions", os.path.join(photos, "captions.txt"), "--only", os.path.join(caps, f"Flickr_8k.{split}Images.txt"),
+                     "--split", split, "--maxcount", "100", "--out", str(tmp_path / split)])
+    out = tmp_path / "run"
+    _finish(["--config", os.path.join(ROOT, "configs", "flickr8k.yaml"), "model=tiny-vit", "precision=no",
+             f"data.train={tmp_path}/train/shard-{{000000..000007}}.tar", f"data.val={tmp_path}/test/shard-000000.tar",
+             "data.batch_size=32", "data.workers=2", "data.samples_per_epoch=256", "epochs=6", "optim.warmup_steps=5",
+             "optim.lr=2e-3", "eval_every=0", "log_every=1", f"output_dir={out}"])
+    losses = [l for _, l in _losses(out)]
+    assert len(losses) == 48
+    assert sum(losses[-8:]) / 8 < sum(losses[:4]) / 4 - 0.3  # the loss falls
+    results = json.load(open(out / "results.json"))
+    assert results["val_images"] == 125 and results["val_captions"] == 625  # every test photo, all its captions
+    assert results["text_to_image_R@10"] > 10 / 125  # above chance

@@ -65,33 +65,80 @@ def add_arguments(p) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--wise-ft", nargs="+", type=float, metavar="ALPHA",
+                   help="weight-space ensembles (1 - alpha) * start + alpha * finetuned of each part (largest --shots, "
+                        "first seed), scored on this task and the --original ones")
+    p.add_argument("--original", nargs="+", default=[], metavar="SPEC",
+                   help="the model's original tasks (dataset specs) for --wise-ft: zero-shot on their test parts")
+
+
+def sweep(suite, parts, shots, seeds, epochs: int, lr: float, keep=None):
+    """Finetune each part on k examples per class of the train part, for every k and seed, and
+    score the test part: (rows, mean top-1 per part and k, zero-shot top-1). ``keep(part, k,
+    seed)`` names the finetuned models to return as well (in a dict keyed by part)."""
+    train, _, test = suite.fit_parts("fewshot")
+    ex = suite.extractor
+    test_feats, train_feats = ex.image_features(test), ex.image_features(train)
+    tokens = ex.tokenizer(class_prompts(test.classnames, test.templates)).to(suite.device)
+    zs = topk_accuracy(classify(test_feats, ex.classifier(test.classnames, test.templates)), test.labels)
+    rows, series, kept = [], {}, {}
+    for part in parts:
+        series[part] = {}
+        for k in shots:
+            accs = []
+            for seed in seeds:
+                idx = few_shot_indices(train.labels, k, seed)
+                images = torch.stack([suite.preprocess(train.images[i]) for i in idx]).to(suite.device)
+                tuned = finetune(suite.model, part, images, train.labels[idx].to(suite.device), tokens, len(test.classnames),
+                                 train_feats[idx].to(suite.device), epochs, lr, seed=seed)
+                accs.append(_accuracy(tuned, suite, test, tokens, test_feats, part))
+                rows.append({"part": part, "shots": k, "seed": seed, "top1": accs[-1]})
+                if keep is not None and keep(part, k, seed):
+                    kept[part] = tuned
+            series[part][k] = float(np.mean(accs))
+            print(f"  {part:<18}{k:>3}-shot  top-1 {series[part][k]:.4f}")
+    return (rows, series, zs, kept) if keep is not None else (rows, series, zs)
 
 
 def run(suite, args) -> dict:
-    train, _, test = suite.fit_parts("fewshot")
-    ex = suite.extractor
-    base = suite.model
-    test_feats = ex.image_features(test)
-    train_feats = ex.image_features(train)
-    tokens = ex.tokenizer(class_prompts(test.classnames, test.templates)).to(suite.device)
-    zs = topk_accuracy(classify(test_feats, ex.classifier(test.classnames, test.templates)), test.labels)
-    rows, series = [], {}
-    for part in args.parts:
-        series[part] = {}
-        for k in args.shots:
-            accs = []
-            for seed in args.seeds:
-                idx = few_shot_indices(train.labels, k, seed)
-                images = torch.stack([suite.preprocess(train.images[i]) for i in idx]).to(suite.device)
-                tuned = finetune(base, part, images, train.labels[idx].to(suite.device), tokens, len(test.classnames),
-                                 train_feats[idx].to(suite.device), args.epochs, args.lr, seed=seed)
-                acc = _accuracy(tuned, suite, test, tokens, test_feats, part)
-                accs.append(acc)
-                rows.append({"part": part, "shots": k, "seed": seed, "top1": acc})
-            series[part][k] = float(np.mean(accs))
-            print(f"  {part:<18}{k:>3}-shot  top-1 {series[part][k]:.4f}")
-    suite.plot_shots(series, "fewshot_shots", f"few-shot finetuning on {test.name}", {"zero-shot": zs})
-    return suite.save("fewshot", {"dataset": test.name, "zeroshot_top1": zs, "mean_top1": series}, rows)
+    if args.wise_ft:
+        rows, series, zs, kept = sweep(suite, args.parts, args.shots, args.seeds, args.epochs, args.lr,
+                                       keep=lambda part, k, seed: k == max(args.shots) and seed == args.seeds[0])
+    else:
+        rows, series, zs = sweep(suite, args.parts, args.shots, args.seeds, args.epochs, args.lr)
+    name = suite.splits["test"].name
+    suite.plot_shots(series, "fewshot_shots", f"few-shot finetuning on {name}", {"zero-shot": zs})
+    results = {"dataset": name, "zeroshot_top1": zs, "mean_top1": series}
+    if args.wise_ft:
+        results["wise_ft"] = _wise_ft(suite, args, kept)
+    return suite.save("fewshot", results, rows)
+
+
+def _wise_ft(suite, args, finetuned: dict) -> dict:
+    """Each part's finetuned model ensembled with the start: this task's accuracy and the
+    original tasks' zero-shot accuracy at every alpha; a table and a curve PNG per part."""
+    from . import wise_ft
+    from .datasets import from_spec
+    from .splits import Splits
+    from .zeroshot import zeroshot_top1
+
+    test = suite.splits["test"]
+    tokens = suite.extractor.tokenizer(class_prompts(test.classnames, test.templates)).to(suite.device)
+    originals = {spec: Splits(from_spec(spec, suite.root, suite.download))["test"] for spec in args.original}
+    out = {}
+    for part, tuned in finetuned.items():
+        def score(model, part=part):
+            result = {"task": _accuracy(model, suite, test, tokens, suite.extractor.image_features(test), part)}
+            result.update({spec: zeroshot_top1(model, suite.preprocess, suite.device, data, data.classnames)
+                           for spec, data in originals.items()})
+            return result
+
+        out[part] = wise_ft.sweep(suite.model, tuned, args.wise_ft, score)
+        wise_ft.plot(out[part], "task", list(originals), suite.path(f"fewshot_wise_ft_{part.replace('*', 'x').replace('/', '_')}.png"),
+                     f"WiSE-FT: {part} finetuned on {max(args.shots)} shots of {test.name}")
+        for r in out[part]:
+            print(f"  WiSE-FT {part} alpha {r['alpha']:.2f}: " + "  ".join(f"{k} {v:.3f}" for k, v in r.items() if k != "alpha"))
+    return out
 
 
 @torch.no_grad()

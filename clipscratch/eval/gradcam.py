@@ -6,7 +6,7 @@ any prompt, a wrong one included, can be explained. ViT towers use the last bloc
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ def compute_cams(model, images: torch.Tensor, prompt_embeddings: torch.Tensor, t
     layer, reshape = target_layer_and_reshape(model)
     if getattr(model.visual, "patch_dropout", 0) and model.training:
         raise ClipscratchError("put the model in eval mode for Grad-CAM")
+    images = images.detach().clone().requires_grad_(True)  # gradients reach the layer even when no image weight trains
     with GradCAM(model=wrapper, target_layers=[layer], reshape_transform=reshape) as cam:
         return cam(input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
@@ -76,25 +77,27 @@ def pointing_game(cams: np.ndarray, boxes: List[List[Sequence[int]]], original_s
     return {"pointing_accuracy": float(np.mean(hits)), "chance": float(np.mean(chance)), "n": len(hits)}
 
 
-def overlay_grid(images: List, cams_by_prompt: List[np.ndarray], prompts: List[str], path: str, size: int = 160) -> str:
-    """PNG grid: rows = images, columns = original + one overlay per prompt."""
+def overlay_grid(images: List, cams_by_column: List[np.ndarray], titles: List[str], path: str, size: int = 160,
+                 row_titles: Optional[List[str]] = None) -> str:
+    """PNG grid: rows = images, columns = the original + one overlay per entry of ``cams_by_column``
+    (a prompt, or a model of a sweep)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    rows, cols = len(images), len(prompts) + 1
+    rows, cols = len(images), len(titles) + 1
     fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.0 * rows), squeeze=False)
     for r, image in enumerate(images):
         rgb = np.asarray(image.convert("RGB").resize((size, size))).astype(np.float32) / 255
         axes[r][0].imshow(rgb)
-        axes[r][0].set_title("image", fontsize=7)
-        for c, prompt in enumerate(prompts):
-            cam = cams_by_prompt[c][r]
+        axes[r][0].set_title(row_titles[r][:30] if row_titles else "image", fontsize=7)
+        for c, title in enumerate(titles):
+            cam = cams_by_column[c][r]
             cam = np.asarray(torch.nn.functional.interpolate(torch.tensor(cam)[None, None], size=(size, size), mode="bilinear")[0, 0])
             axes[r][c + 1].imshow(show_cam_on_image(rgb, cam, use_rgb=True))
-            axes[r][c + 1].set_title(prompt[:28], fontsize=7)
+            axes[r][c + 1].set_title(title[:28], fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()

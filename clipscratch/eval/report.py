@@ -51,7 +51,8 @@ def plot_confusion(matrix, classnames: List[str], path: str, title: str) -> str:
     return path
 
 
-def plot_accuracy_vs_shots(series: Dict[str, Dict[int, float]], path: str, title: str, baselines: Dict[str, float] = None) -> str:
+def plot_accuracy_vs_shots(series: Dict[str, Dict[int, float]], path: str, title: str, baselines: Dict[str, float] = None,
+                           xlabel: str = "shots per class") -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for label, points in series.items():
@@ -61,7 +62,7 @@ def plot_accuracy_vs_shots(series: Dict[str, Dict[int, float]], path: str, title
         ax.axhline(value, linestyle="--", color="grey")
         ax.text(ax.get_xlim()[0], value, f" {label}", va="bottom", fontsize=8, color="grey")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("shots per class")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
@@ -82,3 +83,15 @@ def plot_bars(values: Dict[str, float], path: str, title: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def markdown_table(series: Dict[str, Dict[int, float]], baselines: Dict[str, float]) -> str:
+    """Methods as rows, shot counts as columns (a blank where a method was not run at that k),
+    then one row per baseline."""
+    shots = sorted({k for points in series.values() for k in points})
+    lines = ["| method | " + " | ".join(f"k={k}" for k in shots) + " |", "|---|" + "---|" * len(shots)]
+    for method, points in series.items():
+        lines.append(f"| {method} | " + " | ".join(f"{points[k]:.3f}" if k in points else "" for k in shots) + " |")
+    for name, value in baselines.items():
+        lines.append(f"| {name} | {value:.3f}" + " |" * len(shots))
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, Optional, Tuple
 
-from . import binary, clipscore, fewshot, gradcam, linear_probe, retrieval, tip_adapter, zeroshot
+from . import align_text, binary, clipscore, fewshot, gradcam, linear_probe, retrieval, study, tip_adapter, zeroshot
 from .datasets import EvalData, from_spec
 from .features import FeatureExtractor
 from .report import plot_accuracy_vs_shots, plot_bars, plot_confusion, write_results
@@ -26,6 +26,8 @@ METHODS = {
     "gradcam": gradcam,
     "clipscore": clipscore,
     "binary": binary,
+    "study": study,
+    "align-text": align_text,
 }
 
 
@@ -75,8 +77,8 @@ class Suite:
     def plot_confusion(self, matrix, classnames, name, title):
         return plot_confusion(matrix, classnames, self.path(name + ".png"), title)
 
-    def plot_shots(self, series, name, title, baselines=None):
-        return plot_accuracy_vs_shots(series, self.path(name + ".png"), title, baselines)
+    def plot_shots(self, series, name, title, baselines=None, xlabel="shots per class"):
+        return plot_accuracy_vs_shots(series, self.path(name + ".png"), title, baselines, xlabel)
 
     def plot_bars(self, values, name, title):
         return plot_bars(values, self.path(name + ".png"), title)

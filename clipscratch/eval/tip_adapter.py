@@ -66,7 +66,10 @@ def add_arguments(p) -> None:
     p.add_argument("--epochs", type=positive_int, default=20, help="Tip-Adapter-F training epochs")
 
 
-def run(suite, args) -> dict:
+def sweep(suite, shots, seeds, epochs: int):
+    """Tip-Adapter and Tip-Adapter-F with k examples per class of the train part, alpha and beta
+    searched on the validation part, scored on the test part: (rows, mean top-1 per method and
+    k, zero-shot top-1)."""
     train, val, test = suite.fit_parts("tip-adapter", needs_val=True)
     ex = suite.extractor
     train_feats, val_feats, test_feats = ex.image_features(train), ex.image_features(val), ex.image_features(test)
@@ -74,14 +77,14 @@ def run(suite, args) -> dict:
     zs = topk_accuracy(classify(test_feats, classifier), test.labels)
     alphas, betas = np.linspace(0.1, 5, 25).tolist(), np.linspace(0.5, 10, 20).tolist()
     rows, series = [], {"Tip-Adapter": {}, "Tip-Adapter-F": {}}
-    for k in args.shots:
+    for k in shots:
         accs = {"Tip-Adapter": [], "Tip-Adapter-F": []}
-        for seed in args.seeds:
+        for seed in seeds:
             shot_idx = few_shot_indices(train.labels, k, seed)
             keys, values = build_cache(train_feats[shot_idx], train.labels[shot_idx], len(test.classnames))
             _, a, b = search_alpha_beta(val_feats, val.labels, classifier, keys, values, alphas, betas)
             acc = topk_accuracy(tip_logits(test_feats, classifier, keys, values, a, b), test.labels)
-            tuned = finetune_keys(keys, values, classifier, train_feats[shot_idx], train.labels[shot_idx], a, b, args.epochs)
+            tuned = finetune_keys(keys, values, classifier, train_feats[shot_idx], train.labels[shot_idx], a, b, epochs)
             _, af, bf = search_alpha_beta(val_feats, val.labels, classifier, tuned, values, alphas, betas)
             acc_f = topk_accuracy(tip_logits(test_feats, classifier, tuned, values, af, bf), test.labels)
             accs["Tip-Adapter"].append(acc)
@@ -91,5 +94,11 @@ def run(suite, args) -> dict:
         for m in accs:
             series[m][k] = float(np.mean(accs[m]))
         print(f"  {k:>3}-shot  Tip-Adapter {series['Tip-Adapter'][k]:.4f}  Tip-Adapter-F {series['Tip-Adapter-F'][k]:.4f}  (zero-shot {zs:.4f})")
-    suite.plot_shots(series, "tip_adapter_shots", f"Tip-Adapter on {test.name}", {"zero-shot": zs})
-    return suite.save("tip_adapter", {"dataset": test.name, "zeroshot_top1": zs, "mean_top1": series}, rows)
+    return rows, series, zs
+
+
+def run(suite, args) -> dict:
+    rows, series, zs = sweep(suite, args.shots, args.seeds, args.epochs)
+    name = suite.splits["test"].name
+    suite.plot_shots(series, "tip_adapter_shots", f"Tip-Adapter on {name}", {"zero-shot": zs})
+    return suite.save("tip_adapter", {"dataset": name, "zeroshot_top1": zs, "mean_top1": series}, rows)

@@ -1,7 +1,7 @@
 """Zero-shot classification: one template, custom templates, or the dataset's ensemble."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import torch
 
@@ -12,6 +12,15 @@ def zeroshot_metrics(image_features: torch.Tensor, labels: torch.Tensor, classif
     logits = classify(image_features, classifier)
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
             "mean_per_class_recall": mean_per_class_recall(logits, labels)}
+
+
+def zeroshot_top1(model, preprocess, device, data, classnames: Sequence[str]) -> float:
+    """Top-1 of ``model`` on ``data`` with the given class names in the data's templates (image
+    features computed with this model, uncached: for models that differ from the suite's)."""
+    from .features import FeatureExtractor
+
+    ex = FeatureExtractor(model, preprocess, device, progress=False)
+    return zeroshot_metrics(ex.image_features(data), data.labels, ex.classifier(classnames, data.templates))["top1"]
 
 
 def add_arguments(p) -> None:
