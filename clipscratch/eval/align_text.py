@@ -10,7 +10,7 @@ dataset's own prompt templates, which the evaluation uses.
 
     python evaluate.py align-text --model runs/default --dataset shapes:colour \\
         --words crimson=red emerald=green azure=blue amber=yellow violet=purple tangerine=orange \\
-        --pairs 6 12 24 48 --original shapes:colour shapes:count shapes:position
+        --pairs 6 24 96 --original shapes:count shapes:position
 
 Reports zero-shot accuracy on the test part with the new words and with the original words,
 and on the model's original tasks, before and after, for each number of pairs and seed
@@ -106,15 +106,15 @@ def align(model, pairs: List[Tuple[str, str]], anchors: List[str], image_pairs, 
 def add_arguments(p) -> None:
     p.add_argument("--words", nargs="+", required=True, metavar="NEW=KNOWN",
                    help="new words and the known words they mean, e.g. crimson=red azure=blue")
-    p.add_argument("--pairs", type=positive_int, nargs="+", default=[6, 12, 24, 48],
+    p.add_argument("--pairs", type=positive_int, nargs="+", default=[6, 24, 96],
                    help="numbers of text-text pairs to train on (a sweep), drawn from every template x word")
     p.add_argument("--pair-templates", nargs="+", default=PAIR_TEMPLATES, help="sentences the pairs are written into")
     p.add_argument("--image-pairs", type=non_negative_int, default=0,
                    help="image-text pairs per class from the train part, captioned with the new words (0: text only)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--parts", nargs="+", default=["text"], help="what trains (models/parts.py names or patterns)")
-    p.add_argument("--steps", type=positive_int, default=150)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--steps", type=positive_int, default=300)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=positive_int, default=32, help="texts (and image pairs) per step for each term")
     p.add_argument("--w-pairs", type=float, default=1.0, help="weight of the text-text pair loss")
     p.add_argument("--w-anchor", type=float, default=1.0, help="weight of the anchor loss on the original prompts")
