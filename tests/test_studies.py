@@ -2,7 +2,6 @@
 study on real MNIST digits."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -14,20 +13,6 @@ from clipscratch.eval import wise_ft
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import evaluate  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def shapes_model(tmp_path_factory):
-    """A tiny CLIP that has learned colour: 48 steps on generated shapes (as test_training._tiny)."""
-    tmp = tmp_path_factory.mktemp("shapes")
-    data = tmp / "data"
-    args = ["model=tiny-vit", "data.generate.train_samples=384", "data.generate.val_samples=64",
-            f"data.train={data}/train-{{000000..000001}}.tar", f"data.val={data}/val-000000.tar", "data.batch_size=32",
-            "data.workers=1", "epochs=4", "optim.lr=2e-3", "optim.warmup_steps=3", "evals={}", "eval_every=0",
-            f"output_dir={tmp / 'run'}"]
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *args], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return str(tmp / "run")
 
 
 WORDS = ["crimson=red", "emerald=green", "azure=blue", "amber=yellow", "violet=purple", "tangerine=orange"]

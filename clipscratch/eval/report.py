@@ -95,3 +95,31 @@ def markdown_table(series: Dict[str, Dict[int, float]], baselines: Dict[str, flo
     for name, value in baselines.items():
         lines.append(f"| {name} | {value:.3f}" + " |" * len(shots))
     return "\n".join(lines)
+
+
+def markdown_rows(rows: Sequence[dict], columns: List[str]) -> str:
+    """A markdown table of the given columns (floats with 3 decimals, None blank)."""
+    def cell(v):
+        return "" if v is None else f"{v:.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_captions(images: List, texts: List[str], path: str, title: str, size: int = 224) -> str:
+    """PNG: each image with its text below it, in one row."""
+    import textwrap
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(images), figsize=(3.0 * len(images), 5.0), squeeze=False)
+    for ax, image, text in zip(axes[0], images, texts):
+        ax.imshow(image.convert("RGB").resize((size, size)))
+        ax.set_xlabel("\n".join(textwrap.fill(line, 34) for line in text.splitlines()), fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, Optional, Tuple
 
-from . import align_text, binary, clipscore, fewshot, gradcam, linear_probe, retrieval, study, tip_adapter, zeroshot
+from . import align_text, binary, caption, clipscore, fewshot, gradcam, linear_probe, retrieval, study, tip_adapter, zeroshot
 from .datasets import EvalData, from_spec
 from .features import FeatureExtractor
 from .report import plot_accuracy_vs_shots, plot_bars, plot_confusion, write_results
@@ -28,6 +28,7 @@ METHODS = {
     "binary": binary,
     "study": study,
     "align-text": align_text,
+    "caption": caption,
 }
 
 

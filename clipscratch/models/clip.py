@@ -50,6 +50,10 @@ class CLIP(nn.Module):
         x = self.visual(images)  # [B, E]
         return F.normalize(x, dim=-1) if normalize else x
 
+    def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tower's output tokens [B, T, D] (ViT: after ln_post; ResNet: the last grid)."""
+        return self.visual.output_tokens(images)
+
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         x = self.text(tokens)  # [B, E]
         return F.normalize(x, dim=-1) if normalize else x

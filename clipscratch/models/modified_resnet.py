@@ -117,6 +117,12 @@ class ModifiedResNet(nn.Module):
         x = self.relu3(self.bn3(self.conv3(x)))  # [B, w, H/2, W/2]
         return self.avgpool(x)  # [B, w, H/4, W/4]
 
+    def output_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The last stage's grid as tokens [B, H/32 * W/32, 32w], before attention pooling."""
+        x = self.stem(images.to(self.conv1.weight.dtype))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, 32w, H/32, W/32]
+        return x.flatten(2).transpose(1, 2)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.stem(images.to(self.conv1.weight.dtype))
         x = self.layer1(x)  # [B, 4w, H/4, W/4]

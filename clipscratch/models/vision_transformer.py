@@ -50,6 +50,11 @@ class VisionTransformer(nn.Module):
         patches = x[:, 1:].gather(1, idx.unsqueeze(-1).expand(-1, -1, C))  # [B, keep, C]
         return torch.cat([x[:, :1], patches], dim=1)
 
+    def output_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Every token after ``ln_post`` [B, 1 + N, width], before the projection: what a
+        captioner's cross-attention reads."""
+        return self.ln_post(self.tokens(images))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.tokens(images)
         x = self.ln_post(x[:, 0])  # [B, width]

@@ -1,0 +1,1 @@
+"""Captioning from CLIP image features: a GPT-2-style decoder, parameter-efficient training, decoding."""
