@@ -66,6 +66,42 @@ def test_trimmed_text_gives_the_same_loss_and_gradients(dtype):
     assert max(errors.values()) <= tol, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
+def _flickr_tokens(shared_data, n=48):
+    import os
+
+    from clipscratch.data.captions import read_captions
+
+    table = read_captions(os.path.join(shared_data, "flickr8k-captions", "Flickr8k.token.txt"))
+    pool = sorted((c for caps in list(table.values())[:400] for c in caps), key=len)
+    captions = [c for pair in zip(pool[: n // 2], pool[::-1][: n // 2]) for c in pair]  # the shortest and longest, mixed
+    return clipscratch.tokenize(captions, truncate=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_text_gives_the_same_features_loss_and_gradients(shared_data, dtype, checkpointing):
+    """Real Flickr8k captions (lengths 5 to 40 tokens), packed into one sequence: the same
+    features, loss and gradients as the padded batch. float64: exact to rounding (1e-12);
+    float32: only summation orders change, as for trimming (same 1e-4 bound, 1e-6 seen)."""
+    tokens = _flickr_tokens(shared_data)
+    lengths = tokens.argmax(-1) + 1
+    assert lengths.min() < 10 and lengths.max() > 25  # really ragged
+    a, b = _pair()
+    a, b = a.to(dtype), b.to(dtype)
+    b.set_text_packing(True)
+    for m in (a, b):
+        m.set_grad_checkpointing(checkpointing)
+    images = torch.randn(len(tokens), 3, 32, 32, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    with torch.no_grad():
+        assert _rel(b.encode_text(tokens), a.encode_text(tokens)) <= tol
+    la, ga = _loss_and_grads(a, (images, tokens))
+    lb, gb = _loss_and_grads(b, (images, tokens))
+    assert abs(la - lb) <= tol * abs(la)
+    errors = {n: _rel(y, x) for (n, _), x, y in zip(a.named_parameters(), ga, gb) if x.abs().max() > 0}
+    assert max(errors.values()) <= tol, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+
+
 def test_channels_last_resnet_gives_the_same_loss_and_gradients():
     """bench/train_step.py --channels-last: the ModifiedResNet in channels-last memory format."""
     torch.manual_seed(0)

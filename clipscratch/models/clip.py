@@ -67,6 +67,11 @@ class CLIP(nn.Module):
         text_features = self.encode_text(tokens, normalize=True)  # [B, E]
         return CLIPOutput(image_features, text_features, self.scale(), getattr(self, "logit_bias", None))
 
+    def set_text_packing(self, enabled: bool = True) -> None:
+        """Pack the captions of a batch (text_transformer.forward_packed): the same features,
+        each caption costing its own length instead of the batch's longest."""
+        self.text.pack = enabled
+
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.text.transformer.grad_checkpointing = enabled
         if hasattr(self.visual, "transformer"):

@@ -6,6 +6,8 @@ Activations are batch-first: ``[B, T, C]``.
 """
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,10 +15,11 @@ from torch.utils.checkpoint import checkpoint
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm that always computes in float32 (as OpenAI's), returning the input dtype."""
+    """LayerNorm that computes half-precision inputs in float32 (as OpenAI's), returning the
+    input dtype; float32 and float64 inputs compute in their own precision."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+        if x.dtype not in (torch.float16, torch.bfloat16) and self.weight.dtype == x.dtype:
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         y = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
         return y.to(x.dtype)
@@ -37,6 +40,25 @@ def make_activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}; use 'quick_gelu' or 'gelu'")
 
 
+class Packing(NamedTuple):
+    """Where the tokens of a packed batch [N, C] sit in the padded layout [B, T, C]:
+    ``index[n] = b * T + t`` for token n (caption b, position t)."""
+
+    index: torch.Tensor  # [N] long
+    batch: int
+    length: int  # T: the longest caption
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, D] -> [B, T, D], zeros after each caption's end."""
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+        out[self.index] = x
+        return out.view(self.batch, self.length, -1)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] -> [N, D]."""
+        return x.reshape(self.batch * self.length, -1)[self.index]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
@@ -52,13 +74,21 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        B, T, C = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, T, 3C]
+    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[Packing] = None) -> torch.Tensor:
+        """x [B, T, C]; or packed tokens [N, C] with ``packing``: the projections run on the N
+        real tokens, attention on each caption's own tokens in the padded layout (causal, never
+        across captions; the zeros after a caption's end come after every real query)."""
+        C = x.shape[-1]
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, T, 3C] or [N, 3C]
+        if packing is not None:
+            qkv = packing.pad(qkv)  # [B, T, 3C]
+        B, T = qkv.shape[:2]
         qkv = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # 3 x [B, H, T, D]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, T, D]
         y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
+        if packing is not None:
+            y = packing.unpad(y)  # [N, C]
         return self.out_proj(y)
 
 
@@ -83,8 +113,8 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio), activation)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)  # [B, T, C]
+    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[Packing] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=causal, packing=packing)  # [B, T, C] (or packed [N, C])
         x = x + self.mlp(self.ln_2(x))  # [B, T, C]
         return x
 
@@ -99,12 +129,12 @@ class Transformer(nn.Module):
         )
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[Packing] = None) -> torch.Tensor:
         for block in self.resblocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, causal, use_reentrant=False)
+                x = checkpoint(block, x, causal, packing, use_reentrant=False)
             else:
-                x = block(x, causal=causal)
+                x = block(x, causal=causal, packing=packing)
         return x
 
     def init_weights(self) -> None:

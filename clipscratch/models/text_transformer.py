@@ -6,7 +6,7 @@ from torch import nn
 
 from ..errors import TextTooLongError
 from .config import TextConfig
-from .layers import LayerNorm, Transformer
+from .layers import LayerNorm, Packing, Transformer
 
 
 class TextTransformer(nn.Module):
@@ -26,6 +26,7 @@ class TextTransformer(nn.Module):
         self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, activation)
         self.ln_final = LayerNorm(cfg.width)
         self.text_projection = nn.Parameter(torch.empty(cfg.width, embed_dim))
+        self.pack = False  # CLIP.set_text_packing: each caption costs its own length (forward_packed)
 
     def init_weights(self) -> None:
         nn.init.normal_(self.token_embedding.weight, std=0.02)
@@ -55,6 +56,22 @@ class TextTransformer(nn.Module):
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         text = self.fit_context(text)
+        if self.pack:
+            return self.forward_packed(text)
         x = self.tokens(text)  # [B, T, width]
         eot = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]  # [B, width]
+        return eot @ self.text_projection  # [B, embed_dim]
+
+    def forward_packed(self, text: torch.Tensor) -> torch.Tensor:
+        """The same features as ``forward``, computed on the real tokens only: the captions of a
+        batch are packed into one sequence [N, width] (N = the sum of their lengths through the
+        end token); embeddings, LayerNorms, MLPs and projections run on it, attention on each
+        caption's own tokens (layers.Packing)."""
+        B = text.shape[0]
+        lengths = text.argmax(dim=-1) + 1  # [B]: through the end-of-text token
+        T = int(lengths.max())
+        index = (torch.arange(T, device=text.device) < lengths[:, None]).flatten().nonzero().squeeze(1)  # [N]
+        x = self.token_embedding(text[:, :T].reshape(-1)[index]) + self.positional_embedding[index % T]  # [N, width]
+        x = self.ln_final(self.transformer(x, causal=True, packing=Packing(index, B, T)))  # [N, width]
+        eot = x[lengths.cumsum(0) - 1]  # [B, width]: each caption's last token
         return eot @ self.text_projection  # [B, embed_dim]

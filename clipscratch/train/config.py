@@ -65,6 +65,7 @@ class TrainConfig:
     accum_steps: int = 1  # micro-batches per step, exactly equivalent to the big batch (gradient caching)
     precision: str = "no"  # no | bf16 | fp16 (accelerate mixed precision)
     grad_checkpointing: bool = False
+    pack_text: bool = True  # each caption costs its own length (exact; models/text_transformer.forward_packed)
     compile: bool = False
     freeze: List[str] = field(default_factory=list)  # parts or parameter patterns (models/parts.py), e.g. "image" for LiT
     seed: int = 0

@@ -70,6 +70,7 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
     model = build_model(cfg)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    model.set_text_packing(cfg.pack_text)
     if cfg.freeze:
         freeze(model, cfg.freeze)
     image_size, context_length = model.image_size, model.context_length
