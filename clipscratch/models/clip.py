@@ -72,6 +72,14 @@ class CLIP(nn.Module):
         each caption costing its own length instead of the batch's longest."""
         self.text.pack = enabled
 
+    def set_fp8(self, enabled: bool = True) -> None:
+        """Every attention and MLP projection in FP8 (models/fp8.py); for training on Hopper."""
+        from .layers import MLP, Attention
+
+        for module in self.modules():
+            if isinstance(module, (Attention, MLP)):
+                module.fp8 = enabled
+
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.text.transformer.grad_checkpointing = enabled
         if hasattr(self.visual, "transformer"):

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .fp8 import linear
+
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm that computes half-precision inputs in float32 (as OpenAI's), returning the
@@ -73,13 +75,14 @@ class Attention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
+        self.fp8 = False  # CLIP.set_fp8: the two projections in FP8 (fp8.py)
 
     def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[Packing] = None) -> torch.Tensor:
         """x [B, T, C]; or packed tokens [N, C] with ``packing``: the projections run on the N
         real tokens, attention on each caption's own tokens in the padded layout (causal, never
         across captions; the zeros after a caption's end come after every real query)."""
         C = x.shape[-1]
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, T, 3C] or [N, 3C]
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8)  # [B, T, 3C] or [N, 3C]
         if packing is not None:
             qkv = packing.pad(qkv)  # [B, T, 3C]
         B, T = qkv.shape[:2]
@@ -89,7 +92,7 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
         if packing is not None:
             y = packing.unpad(y)  # [N, C]
-        return self.out_proj(y)
+        return linear(y, self.out_proj.weight, self.out_proj.bias, self.fp8)
 
 
 class MLP(nn.Module):
@@ -98,9 +101,11 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(width, hidden)
         self.gelu = make_activation(activation)
         self.c_proj = nn.Linear(hidden, width)
+        self.fp8 = False  # CLIP.set_fp8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.gelu(self.c_fc(x)))  # [B, T, C]
+        x = self.gelu(linear(x, self.c_fc.weight, self.c_fc.bias, self.fp8))  # [B, T, 4C]
+        return linear(x, self.c_proj.weight, self.c_proj.bias, self.fp8)  # [B, T, C]
 
 
 class ResidualAttentionBlock(nn.Module):

@@ -66,6 +66,7 @@ class TrainConfig:
     precision: str = "no"  # no | bf16 | fp16 (accelerate mixed precision)
     grad_checkpointing: bool = False
     pack_text: bool = True  # each caption costs its own length (exact; models/text_transformer.forward_packed)
+    fp8: bool = False  # attention and MLP projections in FP8 (models/fp8.py; Hopper GPUs, with precision=bf16)
     compile: bool = False
     freeze: List[str] = field(default_factory=list)  # parts or parameter patterns (models/parts.py), e.g. "image" for LiT
     seed: int = 0

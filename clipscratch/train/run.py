@@ -71,6 +71,7 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.set_text_packing(cfg.pack_text)
+    model.set_fp8(cfg.fp8)
     if cfg.freeze:
         freeze(model, cfg.freeze)
     image_size, context_length = model.image_size, model.context_length
