@@ -1,5 +1,10 @@
-"""Decode and augment JPEG batches on the GPU (nvJPEG through torchvision), so that data
-workers only read shards and tokenise. Used when ``data.gpu_decode`` is set.
+"""Decode and augment JPEG batches on the GPU, so that data workers only read shards and
+tokenise. Used when ``data.gpu_decode`` is set. Two decoders (``data.jpeg_decoder``):
+
+* ``nvimgcodec``: NVIDIA nvImageCodec (``pip install "clipscratch[gpu]"``), whose hardware
+  backend runs on the H100's JPEG engines beside the SMs, falling back to its CUDA decoder;
+* ``torchvision``: nvJPEG through ``torchvision.io.decode_jpeg`` (its Huffman stage on the CPU);
+* ``auto``: nvImageCodec when it is installed and the device is a GPU, else torchvision.
 
 Crops follow RandomResizedCrop: the data workers draw each box from the JPEG header's size
 with the same per-sample seed as the CPU path, so both crop the same regions; the resize is a box-filter
@@ -8,6 +13,7 @@ shrink by the crops' common integer factor (antialiasing) and then one batched b
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Tuple
 
 import torch
@@ -17,7 +23,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from ..transforms import OPENAI_MEAN, OPENAI_STD
 
 
-def _decode(jpegs: List[torch.Tensor], device) -> List:
+def _decode_torchvision(jpegs: List[torch.Tensor], device) -> List[Optional[torch.Tensor]]:
     try:
         return decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:  # one bad file fails the batch: decode one by one, keep what decodes
@@ -28,6 +34,43 @@ def _decode(jpegs: List[torch.Tensor], device) -> List:
             except RuntimeError:
                 out.append(None)
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def _nvimgcodec_decoder(device_index: int):
+    from nvidia import nvimgcodec
+
+    kinds = nvimgcodec.BackendKind
+    return nvimgcodec.Decoder(device_id=device_index,
+                              backends=[nvimgcodec.Backend(kinds.HW_GPU_ONLY), nvimgcodec.Backend(kinds.GPU_ONLY)])
+
+
+def nvimgcodec_available() -> bool:
+    try:
+        from nvidia import nvimgcodec  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _decode_nvimgcodec(jpegs: List[torch.Tensor], device) -> List[Optional[torch.Tensor]]:
+    """[3, H, W] uint8 images on ``device`` (None where decoding failed), through nvImageCodec."""
+    device = torch.device(device)
+    decoder = _nvimgcodec_decoder(device.index if device.index is not None else torch.cuda.current_device())
+    decoded = decoder.decode([j.numpy() for j in jpegs], cuda_stream=torch.cuda.current_stream(device).cuda_stream)
+    out = []
+    for image in decoded:
+        try:
+            out.append(None if image is None else torch.as_tensor(image, device=device).permute(2, 0, 1))  # HWC -> CHW
+        except (RuntimeError, TypeError, ValueError):
+            out.append(None)
+    return out
+
+
+def _decode(jpegs: List[torch.Tensor], device, decoder: str = "auto") -> List[Optional[torch.Tensor]]:
+    use_nvimgcodec = decoder == "nvimgcodec" or (decoder == "auto" and torch.device(device).type == "cuda"
+                                                 and nvimgcodec_available())
+    return _decode_nvimgcodec(jpegs, device) if use_nvimgcodec else _decode_torchvision(jpegs, device)
 
 
 def unpack_jpegs(packed: torch.Tensor, ends: torch.Tensor) -> List[torch.Tensor]:
@@ -63,7 +106,7 @@ def _resized_crops(stack: torch.Tensor, boxes: List[Tuple[int, int, int, int]], 
 
 
 def gpu_transform(jpegs: List[torch.Tensor], image_size: int, device,
-                  boxes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                  boxes: Optional[torch.Tensor] = None, decoder: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
     """JPEG byte tensors -> (normalised images [B, 3, S, S] on ``device``, bool mask of the decoded ones).
 
     ``boxes`` [B, 4] holds each image's crop (top, left, height, width), as the data workers
@@ -71,7 +114,7 @@ def gpu_transform(jpegs: List[torch.Tensor], image_size: int, device,
     the centred square. Images of one size are stacked and cropped-and-resized together: a
     few kernels per distinct image size instead of one resize per image.
     """
-    decoded = _decode(jpegs, device)
+    decoded = _decode(jpegs, device, decoder)
     keep = torch.tensor([d is not None for d in decoded])
     images = [d for d in decoded if d is not None]
     if boxes is not None:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import Union
 
@@ -47,11 +48,17 @@ def _to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
     return np.clip(wide, 0, 255).astype(np.uint8)
 
 
-def open_image(source: Union[str, bytes, os.PathLike], name: str = "") -> Image.Image:
-    """A path or encoded bytes -> RGB PIL image (see the module docstring)."""
+def open_image(source: Union[str, bytes, os.PathLike], name: str = "", min_side: int = 0) -> Image.Image:
+    """A path or encoded bytes -> RGB PIL image (see the module docstring). ``min_side``: a JPEG
+    at least twice that on its short side is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
+    (PIL's draft mode), as small as keeps the short side >= ``min_side``: several times faster
+    for large photos."""
     what = name or (str(source) if not isinstance(source, bytes) else "image bytes")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            if min_side and im.format == "JPEG" and min(im.size) >= 2 * min_side:
+                factor = min_side / min(im.size)
+                im.draft("RGB", (math.ceil(im.size[0] * factor), math.ceil(im.size[1] * factor)))
             im.load()
             return to_rgb(im)
     except FileNotFoundError:

@@ -244,8 +244,10 @@ def _caption(sample: Sample, log: SkipLog, seed: int, epoch: int) -> Optional[st
     return random.Random(zlib.crc32(f"{seed}/{epoch}/{sample.get('__key__', '?')}/caption".encode())).choice(captions)
 
 
-def decode(log: SkipLog, progress: WorkerProgress, seed: int, epoch: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
-    """Raw tar members -> {"key", "image": PIL RGB, "caption": str}; corrupt ones counted and dropped."""
+def decode(log: SkipLog, progress: WorkerProgress, seed: int, epoch: int, min_side: int = 0
+           ) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+    """Raw tar members -> {"key", "image": PIL RGB, "caption": str}; corrupt ones counted and
+    dropped; large JPEGs decoded at a reduced scale that keeps ``min_side`` (images.open_image)."""
 
     def one(s: Sample) -> Optional[Sample]:
         raw = next((s[k] for k in ("jpg", "jpeg", "png", "webp") if k in s), None)
@@ -256,7 +258,7 @@ def decode(log: SkipLog, progress: WorkerProgress, seed: int, epoch: int) -> Cal
         if caption is None:
             return None
         try:
-            return {"key": s.get("__key__", "?"), "image": open_image(raw), "caption": caption}
+            return {"key": s.get("__key__", "?"), "image": open_image(raw, min_side=min_side), "caption": caption}
         except UnreadableImage:
             log.add("corrupt image")
             return None
@@ -400,6 +402,18 @@ def _random_crop(transform: Callable) -> Optional[T.RandomResizedCrop]:
     return next((t for t in getattr(transform, "transforms", []) if isinstance(t, T.RandomResizedCrop)), None)
 
 
+def draft_side(transform: Callable) -> int:
+    """The short side an image can be decoded down to and still give every crop the transform
+    may take at least its output's pixels: size / sqrt(3/4 * the smallest crop scale) for a
+    RandomResizedCrop (the thinnest, smallest crop), the output size for a resize + centre crop;
+    0 (full decode) for other transforms."""
+    crop = _random_crop(transform)
+    if crop is not None:
+        return math.ceil(max(crop.size) / math.sqrt(0.75 * crop.scale[0]))
+    resize = next((t for t in getattr(transform, "transforms", []) if isinstance(t, T.Resize)), None)
+    return resize.size if resize is not None and isinstance(resize.size, int) else 0
+
+
 class ShardDataset(torch.utils.data.IterableDataset):
     """The whole pipeline for one rank; iterate it through a DataLoader with batch_size=None."""
 
@@ -424,7 +438,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             shuffle(spec.shuffle_buffer, _rng(spec, "shuffle")),
             skip(progress),
             raw_jpegs(log, progress, _random_crop(self.transform), spec.seed, spec.epoch) if spec.gpu_decode
-            else decode(log, progress, spec.seed, spec.epoch),
+            else decode(log, progress, spec.seed, spec.epoch, draft_side(self.transform)),
             (lambda samples: samples) if spec.gpu_decode else augment(self.transform, spec.seed, spec.epoch),
             batch_and_tokenize(spec.batch_size, self.context_length, self.trim_text, log, progress, spec.batches_per_worker, worker),
         ]

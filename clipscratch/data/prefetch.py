@@ -87,7 +87,8 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
                 pass
 
 
-def to_device(batch: dict, device: torch.device, image_size: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: str = "auto"
+              ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """A loader batch -> (normalised images [B, 3, S, S], tokens [B, T]) on ``device``; None for
     a worker's closing tally of skipped samples.
 
@@ -103,7 +104,8 @@ def to_device(batch: dict, device: torch.device, image_size: int) -> Optional[Tu
     if "jpeg_ends" in batch:
         from .gpu_decode import gpu_transform, unpack_jpegs
 
-        images, keep = gpu_transform(unpack_jpegs(batch["images"], batch["jpeg_ends"]), image_size, device, batch.get("boxes"))
+        images, keep = gpu_transform(unpack_jpegs(batch["images"], batch["jpeg_ends"]), image_size, device, batch.get("boxes"),
+                                     jpeg_decoder)
         if not keep.all():
             skipped = batch["skipped"]
             skipped["corrupt image"] = skipped.get("corrupt image", 0) + int((~keep).sum())

@@ -40,6 +40,7 @@ class DataConfig:
     samples_per_epoch: int = 0  # resampled mode: samples per epoch over all processes
     trim_text: bool = True  # cut each batch of tokens to its longest caption
     gpu_decode: bool = False  # decode and augment JPEGs on the GPU (workers only read and tokenise)
+    jpeg_decoder: str = "auto"  # gpu_decode's decoder: nvimgcodec (hardware engines), torchvision (nvJPEG), auto
     augment_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale
 
 
@@ -224,6 +225,8 @@ def check(cfg: TrainConfig) -> None:
     _require(len(d.augment_scale) == 2 and 0 < d.augment_scale[0] <= d.augment_scale[1] <= 1, "data.augment_scale",
              "[low, high] with 0 < low <= high <= 1", d.augment_scale)
     _require(d.weights is None or all(w > 0 for w in d.weights), "data.weights", "positive numbers", d.weights)
+    _require(d.jpeg_decoder in ("auto", "nvimgcodec", "torchvision"), "data.jpeg_decoder", "one of auto, nvimgcodec, torchvision",
+             d.jpeg_decoder)
     _require(d.weights is None or len(d.weights) == len(d.train.split("::")), "data.weights",
              "one weight per source of data.train", d.weights)
     _require(cfg.epochs >= 1, "epochs", ">= 1", cfg.epochs)
