@@ -1,6 +1,7 @@
 """Keep the GPU fed: training steps fed by the real shard pipeline vs synthetic on-GPU batches.
 
     python bench/data_fed.py --workdir /tmp/shards --samples 40000 --workers 14
+    python bench/data_fed.py --pattern 'data/flickr8k/train/shard-{000000..000007}.tar' ...   # real photos as they are
 
 Writes JPEG shards of 256x256 shape images with make_shards' writer (in parallel), then
 times compiled clipscratch ViT-B/32 steps (bf16, batch 512) fed by ShardDataset
@@ -39,7 +40,8 @@ def make_data(workdir, samples, procs):
 VARIANTS = {  # name -> (what the workers send, description)
     "float": ("float", "real pipeline, CPU decode, float32 normalised in the workers (before)"),
     "uint8": ("uint8", "real pipeline, CPU decode, uint8 sent, normalised on the GPU (trainer default)"),
-    "gpu_decode": ("jpeg", "real pipeline, `data.gpu_decode` (nvJPEG + grid_sample, crops drawn in the workers)"),
+    "gpu_decode": ("torchvision", "`data.gpu_decode`, nvJPEG through torchvision + grid_sample, crops drawn in the workers"),
+    "nvimgcodec": ("nvimgcodec", "`data.gpu_decode`, nvImageCodec on the hardware JPEG engines + grid_sample"),
 }
 
 
@@ -51,7 +53,8 @@ def main():
     p.add_argument("--batch", type=int, default=512)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--variants", nargs="+", default=["uint8", "float", "gpu_decode"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["uint8", "gpu_decode", "nvimgcodec"], choices=list(VARIANTS))
+    p.add_argument("--pattern", help="read these shards instead of writing 256-pixel ones")
     p.add_argument("--prefetch", type=int, default=2, help="batches moved ahead in a thread (0: none)")
     p.add_argument("--device", default="cuda", help="cpu: a smoke run of the script (use a tiny --model)")
     p.add_argument("--image-size", type=int, default=224)
@@ -61,19 +64,20 @@ def main():
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     t = time.perf_counter()
-    pattern = make_data(args.workdir, args.samples, min(16, os.cpu_count()))
+    pattern = args.pattern or make_data(args.workdir, args.samples, min(16, os.cpu_count()))
     print(f"shards ready in {time.perf_counter() - t:.0f}s: {pattern}", flush=True)
 
     import clipscratch
     from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
     from clipscratch.data.pipeline import ShardDataset, StreamSpec, expand_sources, make_loader
-    from clipscratch.data.prefetch import prefetch_to_device
-    from clipscratch.transforms import image_transform, normalize_images
+    from clipscratch.data.prefetch import prefetch_to_device, to_device
+    from clipscratch.transforms import image_transform
     from train_step import clip_loss
 
     torch.backends.cuda.matmul.allow_tf32 = True
     dev, size = args.device, args.image_size
     model = clipscratch.create_model(args.model).to(dev).train()
+    model.set_text_packing(True)  # as the trainer runs it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
 
     def step(images, tokens):
@@ -90,17 +94,12 @@ def main():
 
     def loader(kind):
         spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=args.batch, resampled=True,
-                          batches_per_worker=10 ** 6, shuffle_buffer=2000, num_workers=args.workers,
-                          gpu_decode=kind == "jpeg")
+                          batches_per_worker=10 ** 6, shuffle_buffer=2000, gpu_decode=kind in ("torchvision", "nvimgcodec"))
         transform = image_transform(size, train=True, normalize=kind == "float")
         return make_loader(ShardDataset(spec, transform, 77, trim_text=True), args.workers, pin_memory=dev == "cuda")
 
-    def to_gpu(b):
-        if "jpeg_ends" in b:
-            images, keep = gpu_transform(unpack_jpegs(b["images"], b["jpeg_ends"]), size, dev, b.get("boxes"))
-            return images, b["tokens"].to(dev, non_blocking=True)[keep.to(dev)]
-        images = b["images"].to(dev, non_blocking=True)
-        return (normalize_images(images) if images.dtype == torch.uint8 else images), b["tokens"].to(dev, non_blocking=True)
+    def to_gpu(b, decoder="torchvision"):
+        return to_device(b, torch.device(dev), size, decoder)
 
     def timed(batches):
         for _ in range(20):  # compile / let the workers start up and fill their prefetch queues
@@ -121,12 +120,12 @@ def main():
     for name in args.variants:
         kind, _ = VARIANTS[name]
         it = iter(loader(kind))
-        if kind == "jpeg":
+        if kind in ("torchvision", "nvimgcodec"):
             b = next(it)
-            extra["gpu_decode_profile_ms"] = profile_gpu_decode(unpack_jpegs(b["images"], b["jpeg_ends"]), b.get("boxes"),
-                                                                gpu_transform, dev, size, sync)
+            extra[f"{name}_profile_ms"] = profile_gpu_decode(unpack_jpegs(b["images"], b["jpeg_ends"]), b.get("boxes"),
+                                                            gpu_transform, dev, size, sync, kind)
         # as the trainer does: the next batches are moved (decoded) in a thread on a side stream
-        batches = prefetch_to_device(it, to_gpu, torch.device(dev), depth=args.prefetch)
+        batches = prefetch_to_device(it, lambda b, kind=kind: to_gpu(b, kind), torch.device(dev), depth=args.prefetch)
         rows[name] = timed(moved for _, moved in batches)
         batches.close()
         del it
@@ -145,13 +144,13 @@ def main():
         json.dump(res, f, indent=2)
 
 
-def profile_gpu_decode(jpegs, boxes, gpu_transform, dev, size, sync):
-    """Milliseconds for one batch: nvJPEG decode alone, and the whole gpu_transform."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+def profile_gpu_decode(jpegs, boxes, gpu_transform, dev, size, sync, decoder):
+    """Milliseconds for one batch: the decode alone, and the whole gpu_transform."""
+    from clipscratch.data.gpu_decode import _decode
 
     out = {}
-    for label, fn in (("decode_jpeg_batched", lambda: decode_jpeg(jpegs, mode=ImageReadMode.RGB, device=dev)),
-                      ("gpu_transform", lambda: gpu_transform(jpegs, size, dev, boxes))):
+    for label, fn in (("decode", lambda: _decode(jpegs, dev, decoder)),
+                      ("gpu_transform", lambda: gpu_transform(jpegs, size, dev, boxes, decoder))):
         fn()
         sync()
         t = time.perf_counter()

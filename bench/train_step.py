@@ -1,16 +1,23 @@
-"""Training-step throughput: clipscratch vs open_clip on the same GPU, in one run.
+"""Training-step throughput on real caption lengths: clipscratch vs open_clip on one GPU, one run.
 
-    python bench/train_step.py                                 # ViT-B/32@512, ViT-B/16@256, RN50@256; eager+compiled
-    python bench/train_step.py --models ViT-B-32 --modes eager --impls clipscratch
+    python bench/train_step.py --captions ../shared/data/flickr8k-captions/Flickr8k.token.txt \\
+        --models ViT-B-32 --variants open_clip clipscratch:packed clipscratch:trimmed clipscratch:packed:fp8
 
-Synthetic on-GPU batches, random init, bf16 autocast, fused AdamW, the CLIP loss.
-Text is 77 tokens; clipscratch is also run with captions trimmed to --short-text
-tokens (pooling at the end-of-text token keeps that exact). Model FLOPs are
-counted with torch.utils.flop_counter on one forward+backward.
+Every step's captions are a batch of real captions drawn from the file (8 different batches,
+rotated), tokenised; the two implementations see the same tokens:
+  open_clip            pads every caption to 77 tokens, as its users run it
+  clipscratch:packed   each caption costs its own length (text_transformer.forward_packed)
+  clipscratch:trimmed  the batch cut to its longest caption
+  clipscratch:77       77 tokens, as open_clip
+  ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
+Synthetic images on the GPU, random init, bf16 autocast, fused AdamW, the CLIP loss; model
+FLOPs are counted (torch.utils.flop_counter, one forward+backward) on the tokens each variant
+really computes. GELU models (ViT-B-32, ViT-B-16, ViT-L-14) on both sides.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -20,22 +27,25 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-BATCH = {"ViT-B-32": 512, "ViT-B-16": 256, "RN50": 256}
+BATCH = {"ViT-B-32": 512, "ViT-B-16": 256, "ViT-L-14": 128}
 
 
-def build(impl: str, name: str):
-    if impl == "clipscratch":
-        import clipscratch
+def caption_batches(path: str, batch: int, n: int = 8, seed: int = 0):
+    """``n`` batches of real captions as token tensors [batch, 77] (CPU), and the length statistics."""
+    import random
 
-        # RN50: open_clip's plain "RN50" uses GELU in the text tower; match it
-        model = clipscratch.create_model(name, **({"activation": "gelu"} if name == "RN50" else {}))
-        scale = model.scale
-    else:
-        import open_clip
+    import clipscratch
+    from clipscratch.data.captions import read_table
 
-        model = open_clip.create_model(name)
-        scale = lambda: model.logit_scale.exp().clamp(max=100)  # noqa: E731
-    return model, scale
+    captions = [c for r in read_table(path) for c in r.captions]
+    rng = random.Random(seed)
+    batches = [clipscratch.tokenize(rng.sample(captions, batch), truncate=True) for _ in range(n)]
+    lengths = clipscratch.tokenize(captions, truncate=True).argmax(-1) + 1
+    maxima = [int((b.argmax(-1) + 1).max()) for b in [clipscratch.tokenize(rng.sample(captions, batch), truncate=True)
+                                                      for _ in range(200)]]
+    stats = {"file": os.path.basename(path), "captions": len(captions), "mean_tokens": float(lengths.float().mean()),
+             "batch_max_median": statistics.median(maxima), "batch_max_min": min(maxima), "batch_max_max": max(maxima)}
+    return batches, stats
 
 
 def clip_loss(img, txt, scale):
@@ -45,7 +55,37 @@ def clip_loss(img, txt, scale):
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def make_step(model, scale_fn, optimizer):
+def build(variant: str, name: str):
+    impl, *options = variant.split(":")
+    if impl == "open_clip":
+        import open_clip
+
+        model = open_clip.create_model(name)
+        return model, (lambda: model.logit_scale.exp().clamp(max=100)), "77"
+    import clipscratch
+
+    model = clipscratch.create_model(name)
+    mode = options[0] if options else "packed"
+    model.set_text_packing(mode == "packed")
+    model.set_fp8("fp8" in options)
+    return model, model.scale, mode
+
+
+def prepare_tokens(tokens: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "trimmed":
+        return tokens[:, : int((tokens != 0).sum(1).max())]
+    return tokens  # 77 wide; the packed model reads each caption's own length
+
+
+def measure(variant, name, batches, compiled, warmup_rounds, iters):
+    torch.manual_seed(0)
+    model, scale_fn, mode = build(variant, name)
+    model = model.cuda().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    bs = batches[0].shape[0]
+    images = torch.randn(bs, 3, 224, 224, device="cuda")
+    tokens = [prepare_tokens(b, mode).cuda() for b in batches]
+
     def step(images, tokens):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = clip_loss(model.encode_image(images), model.encode_text(tokens), scale_fn())
@@ -54,53 +94,31 @@ def make_step(model, scale_fn, optimizer):
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    return step
-
-
-def measure(impl, name, mode, text_len, warmup, iters, channels_last=False):
-    torch.manual_seed(0)
-    model, scale_fn = build(impl, name)
-    model = model.cuda().train()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    bs = BATCH[name]
-    size = 224
-    images = torch.randn(bs, 3, size, size, device="cuda")
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    tokens = torch.randint(1, 49406, (bs, 77), device="cuda")
-    tokens[:, 0] = 49406
-    tokens[:, text_len - 1] = 49407
-    tokens[:, text_len:] = 0
-    if impl == "clipscratch":
-        tokens = tokens[:, :text_len] if text_len < 77 else tokens
-    # count model FLOPs (forward + backward) once, eagerly
     with FlopCounterMode(display=False) as counter:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = clip_loss(model.encode_image(images), model.encode_text(tokens), scale_fn())
+            loss = clip_loss(model.encode_image(images), model.encode_text(tokens[0]), scale_fn())
         loss.backward()
-    flops = counter.get_total_flops()
+    flops = counter.get_total_flops()  # the first batch's tokens: close to the mean
     optimizer.zero_grad(set_to_none=True)
-    step = make_step(model, scale_fn, optimizer)
-    if mode == "compiled":
-        step = torch.compile(step)
-    for _ in range(warmup):
-        step(images, tokens)
+    run = torch.compile(step) if compiled else step
+    t0 = time.perf_counter()
+    for _ in range(warmup_rounds):
+        for t in tokens:
+            run(images, t)
     torch.cuda.synchronize()
+    warm_s = time.perf_counter() - t0
     torch.cuda.reset_peak_memory_stats()
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(iters):
-        step(images, tokens)
+    for i in range(iters):
+        run(images, tokens[i % len(tokens)])
     end.record()
     torch.cuda.synchronize()
     ms = start.elapsed_time(end) / iters
-    result = {"impl": impl, "model": name, "mode": mode, "batch": bs, "text_len": text_len,
-              "step_ms": ms, "samples_per_s": bs / ms * 1000, "tflops": flops / (ms / 1000) / 1e12,
-              "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
-    del model, optimizer, step
+    result = {"variant": variant, "model": name, "compiled": compiled, "batch": bs, "step_ms": ms,
+              "samples_per_s": bs / ms * 1000, "tflops": flops / (ms / 1000) / 1e12,
+              "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "warmup_s": warm_s}
+    del model, optimizer, run
     torch.cuda.empty_cache()
     torch._dynamo.reset()
     return result
@@ -121,40 +139,45 @@ def matmul_peak(n=8192, iters=50):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(BATCH))
-    p.add_argument("--modes", nargs="+", default=["eager", "compiled"])
-    p.add_argument("--impls", nargs="+", default=["open_clip", "clipscratch"])
-    p.add_argument("--short-text", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--captions", nargs="+", required=True, help="caption files whose lengths the batches take")
+    p.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-B-16"])
+    p.add_argument("--variants", nargs="+", default=["open_clip", "clipscratch:packed", "clipscratch:trimmed"])
+    p.add_argument("--eager", action="store_true", help="also time without torch.compile")
+    p.add_argument("--warmup-rounds", type=int, default=2, help="passes over the 8 batches before timing")
+    p.add_argument("--iters", type=int, default=24)
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "train_step.json"))
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     peak = matmul_peak()
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  bf16 matmul peak {peak:.0f} TFLOP/s", flush=True)
-    rows = []
-    for name in args.models:
-        for mode in args.modes:
-            for impl in args.impls:
-                lens = [77] + ([args.short_text] if impl == "clipscratch" else [])
-                for text_len in lens:
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  bf16 matmul {peak:.0f} TFLOP/s", flush=True)
+    rows, stats = [], []
+    for path in args.captions:
+        for name in args.models:
+            batches, st = caption_batches(path, BATCH[name])
+            if name == args.models[0]:
+                stats.append(st)
+                print(json.dumps(st), flush=True)
+            for variant in args.variants:
+                for compiled in ([True, False] if args.eager else [True]):
                     try:
-                        r = measure(impl, name, mode, text_len, args.warmup, args.iters, channels_last=(name == "RN50"))
+                        r = measure(variant, name, batches, compiled, args.warmup_rounds, args.iters)
                     except Exception as e:  # report and go on with the other variants
-                        print(f"{impl} {name} {mode}: failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                        print(f"{variant} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                         continue
+                    r["captions"] = st["file"]
                     rows.append(r)
                     print(json.dumps(r), flush=True)
-    print("\n| model | mode | impl | text | batch | samples/s | step ms | TFLOP/s | % of matmul peak | peak GiB | vs open_clip (same mode) |")
+    print("\n| captions | model | variant | compiled | batch | samples/s | step ms | TFLOP/s | % of matmul | peak GiB | vs open_clip |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        ref = next((x for x in rows if x["impl"] == "open_clip" and x["model"] == r["model"] and x["mode"] == r["mode"]), None)
+        ref = next((x for x in rows if x["variant"] == "open_clip" and x["model"] == r["model"] and x["compiled"]
+                    and x["captions"] == r["captions"]), None)
         ratio = f"{r['samples_per_s'] / ref['samples_per_s']:.2f}x" if ref else "-"
-        print(f"| {r['model']} | {r['mode']} | {r['impl']} | {r['text_len']} | {r['batch']} | {r['samples_per_s']:,.0f} | "
+        print(f"| {r['captions']} | {r['model']} | {r['variant']} | {r['compiled']} | {r['batch']} | {r['samples_per_s']:,.0f} | "
               f"{r['step_ms']:.1f} | {r['tflops']:.0f} | {100 * r['tflops'] / peak:.0f}% | {r['peak_gib']:.1f} | {ratio} |")
     with open(args.json, "w") as f:
-        json.dump({"peak_tflops": peak, "rows": rows}, f, indent=2)
+        json.dump({"peak_tflops": peak, "captions": stats, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

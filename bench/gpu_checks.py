@@ -1,0 +1,131 @@
+"""Correctness of the speed options on a GPU, in one run (prints a table; raw JSON to $OUT):
+
+1. packed text == padded text (fp32, TF32 off, ViT-B/32 random init, real Flickr8k captions);
+2. gradient caching with patch dropout == the big batch with the same dropped patches (the CUDA
+   generator replayed, not only the CPU one);
+3. the FP8 linear == its own emulation (quantised operands, float32 products);
+4. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
+   levels, and its rate on 256-pixel JPEGs.
+
+    python bench/gpu_checks.py --captions ../shared/data/flickr8k-captions/Flickr8k.token.txt --photos DIR
+"""
+import argparse
+import glob
+import io
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import clipscratch  # noqa: E402
+from clipscratch.loss import ClipLoss  # noqa: E402
+from clipscratch.train.step import grad_cache_step  # noqa: E402
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def packed_vs_padded(captions_path):
+    from clipscratch.data.captions import read_table
+
+    captions = [c for r in read_table(captions_path) for c in r.captions][:512]
+    tokens = clipscratch.tokenize(captions, truncate=True).cuda()
+    torch.manual_seed(0)
+    model = clipscratch.create_model("ViT-B-32").cuda()
+    images = torch.randn(len(tokens), 3, 224, 224, device="cuda")
+    grads, feats = [], []
+    for pack in (False, True):
+        model.zero_grad()
+        model.set_text_packing(pack)
+        out = model(images, tokens)
+        ClipLoss()(*out).backward()
+        feats.append(out.text_features.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.text.parameters()]))
+    return {"text_features_rel_err": rel(feats[1], feats[0]), "text_grads_rel_err": rel(grads[1], grads[0])}
+
+
+def grad_cache_with_patch_dropout():
+    torch.manual_seed(0)
+    model = clipscratch.create_model("ViT-B-32", vision={"patch_dropout": 0.5}).cuda().train()
+    images = torch.randn(64, 3, 224, 224, device="cuda")
+    tokens = clipscratch.tokenize([f"caption {i} of a batch" for i in range(64)]).cuda()
+    micro = [(images[:32], tokens[:32]), (images[32:], tokens[32:])]
+    torch.cuda.manual_seed(7)
+    loss = grad_cache_step(model, micro, ClipLoss(), lambda l: l.backward())
+    cached = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad()
+    torch.cuda.manual_seed(7)  # the reference: the same dropped patches, one backward over both halves
+    outs = [model(i, t) for i, t in micro]
+    ref = ClipLoss()(torch.cat([o.image_features for o in outs]), torch.cat([o.text_features for o in outs]), outs[-1].scale)
+    ref.backward()
+    full = torch.cat([p.grad.flatten() for p in model.parameters()])
+    return {"loss_diff": abs(loss - ref.item()), "grads_rel_err": rel(cached, full)}
+
+
+def fp8_vs_emulation():
+    from clipscratch.models.fp8 import E4M3, linear, to_fp8
+
+    x = torch.randn(4096, 768, device="cuda")
+    w = torch.randn(3072, 768, device="cuda") * 0.03
+    y = linear(x, w, None, fp8=True).float()
+    def dq(t):
+        q, s = to_fp8(t, E4M3)
+        return q.float() * s
+
+    ref = dq(x) @ dq(w).T
+    return {"fp8_vs_emulation_rel_err": rel(y, ref), "fp8_vs_fp32_rel_err": rel(y, x @ w.T)}
+
+
+def nvimgcodec_check(photos_dir):
+    from PIL import Image
+
+    from clipscratch.data.gpu_decode import _decode_nvimgcodec, nvimgcodec_available
+    from clipscratch.data.images import encode_jpeg
+
+    if not nvimgcodec_available():
+        return {"nvimgcodec": "not installed"}
+    paths = sorted(glob.glob(os.path.join(photos_dir, "*.jpg")))[:200]
+    raws = [open(p, "rb").read() for p in paths]
+    jpegs = [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in raws]
+    decoded = _decode_nvimgcodec(jpegs, "cuda")
+    diffs = [(d.float().cpu() - torch.from_numpy(__import__("numpy").asarray(Image.open(io.BytesIO(r)).convert("RGB"))).permute(2, 0, 1).float()).abs().mean().item()
+             for d, r in zip(decoded, raws) if d is not None]
+    small = [torch.frombuffer(bytearray(encode_jpeg(Image.open(p).convert("RGB").resize((256, 256)))), dtype=torch.uint8) for p in paths]
+    batch = (small * 3)[:512]
+    for _ in range(2):
+        _decode_nvimgcodec(batch, "cuda")
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(5):
+        _decode_nvimgcodec(batch, "cuda")
+    torch.cuda.synchronize()
+    rate = 5 * len(batch) / (time.perf_counter() - t)
+    return {"nvimgcodec_decoded": sum(d is not None for d in decoded), "of": len(paths),
+            "mean_abs_diff_vs_pil": sum(diffs) / len(diffs), "max_image_diff": max(diffs), "decodes_per_s_256px": rate}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--captions", required=True)
+    p.add_argument("--photos", required=True)
+    args = p.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    results = {}
+    for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
+                     ("fp8 linear", fp8_vs_emulation), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
+        try:
+            results[name] = fn()
+        except Exception as e:
+            results[name] = {"failed": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+    with open(os.path.join(os.environ.get("OUT", "."), "gpu_checks.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
