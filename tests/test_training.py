@@ -78,6 +78,13 @@ def test_unknown_keys_wrong_types_and_out_of_range_values_are_clear_errors():
         resolve(None, [])
 
 
+def test_yaml_words_no_and_off_stay_words_for_string_keys(tmp_path):
+    (tmp_path / "c.yaml").write_text("precision: no\ndata: {train: x.tar}\n")
+    assert resolve(str(tmp_path / "c.yaml"), []).precision == "no"
+    assert resolve(None, ["precision=no", "data.train=x.tar"]).precision == "no"
+    assert resolve(None, ["data.trim_text=false", "data.train=x.tar"]).data.trim_text is False
+
+
 def test_the_resolved_config_is_frozen_and_derives_siglip_values():
     cfg = resolve(None, ["data.train=x.tar", "loss=siglip", "optim.lr=1e-3"])
     assert cfg.optim.lr == 1e-3 and cfg.model_overrides == {"init_logit_bias": -10.0, "init_logit_scale": math.log(10)}
@@ -333,17 +340,18 @@ def test_flickr8k_config_trains_on_real_photos_and_scores_the_test_split(tmp_pat
     from clipscratch.data.make_shards import main as make_shards
 
     photos, caps = os.path.join(shared_data, "flickr8k-1000"), os.path.join(shared_data, "flickr8k-captions")
-    for split in ("train", "test"):
+    for split, per_shard in (("train", "100"), ("test", "1000")):  # as configs/flickr8k.yaml says
         make_shards(["--captions", os.path.join(photos, "captions.txt"), "--only", os.path.join(caps, f"Flickr_8k.{split}Images.txt"),
-                     "--split", split, "--maxcount", "100", "--out", str(tmp_path / split)])
+                     "--split", split, "--maxcount", per_shard, "--out", str(tmp_path / split)])
     out = tmp_path / "run"
     _finish(["--config", os.path.join(ROOT, "configs", "flickr8k.yaml"), "model=tiny-vit", "precision=no",
              f"data.train={tmp_path}/train/shard-{{000000..000007}}.tar", f"data.val={tmp_path}/test/shard-000000.tar",
-             "data.batch_size=32", "data.workers=2", "data.samples_per_epoch=256", "epochs=6", "optim.warmup_steps=5",
+             "data.batch_size=32", "data.workers=2", "data.samples_per_epoch=256", "epochs=10", "optim.warmup_steps=5",
              "optim.lr=2e-3", "eval_every=0", "log_every=1", f"output_dir={out}"])
     losses = [l for _, l in _losses(out)]
-    assert len(losses) == 48
-    assert sum(losses[-8:]) / 8 < sum(losses[:4]) / 4 - 0.3  # the loss falls
+    assert len(losses) == 80
+    late = sum(losses[-8:]) / 8
+    assert late < sum(losses[:4]) / 4 - 0.2 and late < math.log(32)  # the loss falls below chance (3.29 seen)
     results = json.load(open(out / "results.json"))
     assert results["val_images"] == 125 and results["val_captions"] == 625  # every test photo, all its captions
     assert results["text_to_image_R@10"] > 10 / 125  # above chance

@@ -137,7 +137,9 @@ def _coerce(value, hint, key: str):
             pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    if hint is str and isinstance(value, bool):  # a YAML file's `precision: no` arrives as False
+        return "yes" if value else "no"
+    if hint is str and isinstance(value, (str, int, float)):
         return str(value)
     raise ClipscratchError(f"config key {key!r} expects {getattr(hint, '__name__', hint)}, got {value!r}")
 
@@ -152,6 +154,8 @@ def apply_overrides(d: dict, overrides: List[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw.strip()  # YAML 1.1 reads no/yes/on/off as booleans: keep the word (precision=no)
         node = d
         parts = key.strip().split(".")
         for part in parts[:-1]:
