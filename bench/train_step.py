@@ -10,6 +10,7 @@ rotated), tokenised; the two implementations see the same tokens:
   clipscratch:trimmed  the batch cut to its longest caption
   clipscratch:77       77 tokens, as open_clip
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
+  ...@eager            without torch.compile (the default compiles the step)
 Synthetic images on the GPU, random init, bf16 autocast, fused AdamW, the CLIP loss; model
 FLOPs are counted (torch.utils.flop_counter, one forward+backward) on the tokens each variant
 really computes. GELU models (ViT-B-32, ViT-B-16, ViT-L-14) on both sides.
@@ -158,8 +159,9 @@ def main():
             if name == args.models[0]:
                 stats.append(st)
                 print(json.dumps(st), flush=True)
-            for variant in args.variants:
-                for compiled in ([True, False] if args.eager else [True]):
+            for spec in args.variants:
+                variant, _, how = spec.partition("@")
+                for compiled in ([True, False] if args.eager else [how != "eager"]):
                     try:
                         r = measure(variant, name, batches, compiled, args.warmup_rounds, args.iters)
                     except Exception as e:  # report and go on with the other variants
