@@ -77,7 +77,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     dev, size = args.device, args.image_size
     model = clipscratch.create_model(args.model).to(dev).train()
-    model.set_text_packing(True)  # as the trainer runs it
+    model.set_text_packing(args.no_compile)  # as the trainer resolves pack_text: packed when eager, trimmed compiled
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
 
     def step(images, tokens):

@@ -1,8 +1,14 @@
 """Largest training batch that fits on one GPU: clipscratch vs open_clip, with and without
-gradient checkpointing (bf16 autocast, AdamW, the CLIP loss, 77-token text).
+gradient checkpointing (bf16 autocast, AdamW, the CLIP loss).
 
-    python bench/max_batch.py --models ViT-B-32 ViT-B-16
-    python bench/max_batch.py --impls clipscratch --text-len 20   # captions trimmed to 20 tokens
+    python bench/max_batch.py --models ViT-B-32 ViT-B-16                   # 77-token text everywhere
+    python bench/max_batch.py --impls clipscratch --text-len 20           # captions trimmed to 20 tokens
+    python bench/max_batch.py --captions ../shared/data/flickr8k-captions/Flickr8k.token.txt \
+        --impls open_clip clipscratch:packed clipscratch:trimmed          # real caption lengths
+
+With --captions every batch is real captions drawn from the file: open_clip pads them to 77
+tokens (as its users run it), clipscratch:packed computes each caption's own length,
+clipscratch:trimmed cuts the batch to its longest caption.
 """
 import argparse
 import json
@@ -12,20 +18,31 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from train_step import build, clip_loss  # noqa: E402
+from train_step import build, clip_loss, prepare_tokens  # noqa: E402
 
 
-def fits(impl, name, batch, ckpt, text_len=77) -> bool:
+def make_tokens(batch: int, text_len: int, captions) -> torch.Tensor:
+    if captions is None:
+        tokens = torch.randint(1, 49406, (batch, text_len))
+        tokens[:, -1] = 49407
+        return tokens
+    import random
+
+    import clipscratch
+
+    return clipscratch.tokenize(random.Random(batch).choices(captions, k=batch), truncate=True)
+
+
+def fits(impl, name, batch, ckpt, text_len=77, captions=None) -> bool:
     model = opt = images = tokens = None
     try:
-        model, scale_fn = build(impl, name)
+        model, scale_fn, mode = build(impl, name)
         model = model.cuda().train()
         if ckpt:
             model.set_grad_checkpointing(True)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         images = torch.randn(batch, 3, 224, 224, device="cuda")
-        tokens = torch.randint(1, 49406, (batch, text_len), device="cuda")
-        tokens[:, -1] = 49407
+        tokens = prepare_tokens(make_tokens(batch, text_len, captions), mode).cuda()
         for _ in range(2):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = clip_loss(model.encode_image(images), model.encode_text(tokens), scale_fn())
@@ -41,13 +58,13 @@ def fits(impl, name, batch, ckpt, text_len=77) -> bool:
         torch.cuda.empty_cache()
 
 
-def largest(impl, name, ckpt, text_len=77, lo=256, hi=65536) -> int:
+def largest(impl, name, ckpt, text_len=77, captions=None, lo=256, hi=65536) -> int:
     """Largest multiple of 256 that fits (binary search)."""
-    if not fits(impl, name, lo, ckpt, text_len):
+    if not fits(impl, name, lo, ckpt, text_len, captions):
         return 0
     while hi - lo > 256:
         mid = (lo + hi) // 2 // 256 * 256
-        if fits(impl, name, mid, ckpt, text_len):
+        if fits(impl, name, mid, ckpt, text_len, captions):
             lo = mid
         else:
             hi = mid
@@ -61,24 +78,30 @@ def main():
     p.add_argument("--text-len", type=int, default=77,
                    help="clipscratch's text length: with data.trim_text (the default) a batch is cut to its longest "
                         "caption; open_clip always runs 77")
+    p.add_argument("--captions", help="a caption file: batches of its real captions instead of --text-len tokens")
+    p.add_argument("--no-checkpointing-runs", action="store_true", help="only the runs without gradient checkpointing")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "max_batch.json"))
     args = p.parse_args()
+    captions = None
+    if args.captions:
+        from clipscratch.data.captions import read_table
+
+        captions = [c for r in read_table(args.captions) for c in r.captions]
     rows = []
     for name in args.models:
-        for ckpt in (False, True):
+        for ckpt in (False,) if args.no_checkpointing_runs else (False, True):
             for impl in args.impls:
-                text_len = args.text_len if impl == "clipscratch" else 77
-                b = largest(impl, name, ckpt, text_len)
-                rows.append({"model": name, "impl": impl, "grad_checkpointing": ckpt, "text_len": text_len, "max_batch": b})
+                text_len = 77 if impl == "open_clip" or captions else args.text_len
+                b = largest(impl if ":" in impl or impl == "open_clip" else "clipscratch:77", name, ckpt, text_len, captions)
+                rows.append({"model": name, "impl": impl, "grad_checkpointing": ckpt, "captions": args.captions or "",
+                             "text_len": "real" if captions else text_len, "max_batch": b})
                 print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{torch.cuda.get_device_name()}\n| model | grad ckpt | text tokens | open_clip | clipscratch | ratio |\n|---|---|---|---|---|---|")
-    for name in args.models:
-        for ckpt in (False, True):
-            got = {r["impl"]: r for r in rows if r["model"] == name and r["grad_checkpointing"] == ckpt}
-            ours, theirs = got.get("clipscratch"), got.get("open_clip")
-            ratio = f"{ours['max_batch'] / max(1, theirs['max_batch']):.2f}x" if ours and theirs else "-"
-            print(f"| {name} | {ckpt} | {ours['text_len'] if ours else 77} | {theirs['max_batch'] if theirs else '-'} | "
-                  f"{ours['max_batch'] if ours else '-'} | {ratio} |")
+    print(f"\n{torch.cuda.get_device_name()}\n| model | grad ckpt | impl | text tokens | largest batch | vs open_clip |\n|---|---|---|---|---|---|")
+    for r in rows:
+        ref = next((x for x in rows if x["impl"] == "open_clip" and x["model"] == r["model"]
+                    and x["grad_checkpointing"] == r["grad_checkpointing"]), None)
+        ratio = f"{r['max_batch'] / max(1, ref['max_batch']):.2f}x" if ref else "-"
+        print(f"| {r['model']} | {r['grad_checkpointing']} | {r['impl']} | {r['text_len']} | {r['max_batch']:,} | {ratio} |")
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=2)
 

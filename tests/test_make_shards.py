@@ -162,11 +162,8 @@ def test_corrupt_image_is_counted_and_named(tmp_path, capsys):
 
 def test_large_jpegs_decode_in_draft_mode_close_to_full_decoding(shared_data):
     """A 3,000-pixel photo for a 224-pixel crop: PIL's DCT-domain downscaling (1/8 here) gives
-    what the full decode gives after the resize, to a few grey levels; 500-pixel Flickr photos
-    stay untouched."""
-    import time
-
-    import torch
+    what the full decode gives after the resize, to a few grey levels; the 200-pixel Flickr photos
+    stay untouched. (Its speed is measured in bench/, not asserted here.)"""
     from torchvision.transforms import functional as TF
 
     from clipscratch.data.images import encode_jpeg
@@ -177,13 +174,9 @@ def test_large_jpegs_decode_in_draft_mode_close_to_full_decoding(shared_data):
     big = encode_jpeg(photo.resize((3000, 2616), Image.BICUBIC))
     side = draft_side(image_transform(224, train=True, scale=(0.9, 1.0)))
     assert side == 273  # 224 / sqrt(3/4 * 0.9)
-    t0 = time.perf_counter()
     full = open_image(big)
-    t1 = time.perf_counter()
     small = open_image(big, min_side=side)
-    t2 = time.perf_counter()
     assert full.size == (3000, 2616) and min(small.size) >= side and small.size[0] == 375  # 1/8 scale
-    assert (t2 - t1) < (t1 - t0) / 3
     a = TF.pil_to_tensor(TF.resize(full, 224, interpolation=TF.InterpolationMode.BICUBIC)).float()
     b = TF.pil_to_tensor(TF.resize(small, 224, interpolation=TF.InterpolationMode.BICUBIC)).float()
     assert a.shape == b.shape and (a - b).abs().mean() < 4  # grey levels of 255

@@ -95,8 +95,16 @@ def test_the_resolved_config_is_frozen_and_derives_siglip_values():
 
 
 def test_shipped_configs_resolve_and_print_config_shows_the_resolved_form():
+    from clipscratch.caption.train import resolve as resolve_caption
+
     for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
-        cfg = resolve(os.path.join(ROOT, "configs", name), [])
+        path = os.path.join(ROOT, "configs", name)
+        if name.startswith("caption_"):
+            assert resolve_caption(path).captioner.methods, name
+            with pytest.raises(ClipscratchError, match="captioning config"):
+                resolve(path, [])
+            continue
+        cfg = resolve(path, [])
         assert cfg.init_from or cfg.model in clipscratch.list_models(), name
     out, _ = _finish(["--print-config", "loss=siglip"])
     printed = yaml.safe_load(out)
@@ -355,3 +363,11 @@ def test_flickr8k_config_trains_on_real_photos_and_scores_the_test_split(tmp_pat
     results = json.load(open(out / "results.json"))
     assert results["val_images"] == 125 and results["val_captions"] == 625  # every test photo, all its captions
     assert results["text_to_image_R@10"] > 10 / 125  # above chance
+
+
+def test_text_packing_is_resolved_from_compile_unless_set():
+    default = os.path.join(ROOT, "configs", "default.yaml")
+    assert resolve(default, []).pack_text is True
+    assert resolve(default, ["compile=true"]).pack_text is False
+    assert resolve(default, ["compile=true", "pack_text=true"]).pack_text is True
+    assert resolve(default, ["pack_text=false"]).pack_text is False

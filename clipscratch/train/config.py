@@ -66,7 +66,9 @@ class TrainConfig:
     accum_steps: int = 1  # micro-batches per step, exactly equivalent to the big batch (gradient caching)
     precision: str = "no"  # no | bf16 | fp16 (accelerate mixed precision)
     grad_checkpointing: bool = False
-    pack_text: bool = True  # each caption costs its own length (exact; models/text_transformer.forward_packed)
+    # each caption costs its own length (exact; models/text_transformer.forward_packed). Unset: packed when the
+    # step runs eagerly, batches trimmed to their longest caption under compile (where packing measured slower)
+    pack_text: Optional[bool] = None
     fp8: bool = False  # attention and MLP projections in FP8 (models/fp8.py; Hopper GPUs, with precision=bf16)
     compile: bool = False
     freeze: List[str] = field(default_factory=list)  # parts or parameter patterns (models/parts.py), e.g. "image" for LiT
@@ -190,7 +192,10 @@ def resolve(path: Optional[str], overrides: List[str] = ()) -> TrainConfig:
     """The run's configuration, resolved once: defaults, YAML file, overrides, derived values, checks."""
     merged = to_dict(TrainConfig())
     if path:
-        _merge(merged, read_yaml(path))
+        loaded = read_yaml(path)
+        if isinstance(loaded, dict) and {"captioner", "lm"} & set(loaded):
+            raise ClipscratchError(f"{path} is a captioning config: run python -m clipscratch.caption train --config {path}")
+        _merge(merged, loaded)
     cfg = from_dict(apply_overrides(merged, list(overrides)))
     cfg = _derive(cfg)
     check(cfg)
@@ -198,7 +203,10 @@ def resolve(path: Optional[str], overrides: List[str] = ()) -> TrainConfig:
 
 
 def _derive(cfg: TrainConfig) -> TrainConfig:
-    """Values that follow from others: SigLIP starts at bias -10 and temperature 10 (as its paper)."""
+    """Values that follow from others: SigLIP starts at bias -10 and temperature 10 (as its paper); packed
+    text unless compiled (docs/benchmarks.md, packed text)."""
+    if cfg.pack_text is None:
+        cfg = dataclasses.replace(cfg, pack_text=not cfg.compile)
     if cfg.loss == "siglip" and not cfg.init_from and "init_logit_bias" not in cfg.model_overrides:
         overrides = {"init_logit_bias": -10.0, "init_logit_scale": math.log(10), **cfg.model_overrides}
         cfg = dataclasses.replace(cfg, model_overrides=overrides)

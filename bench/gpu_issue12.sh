@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 12's GPU measurements in three parts of under 10 minutes each (one H100 per part):
+#   bash bench/gpu_issue12.sh 1 DATA_DIR OUT_DIR   # ViT-B/32 b512: Flickr8k and Hateful Memes lengths, eager and compiled
+#   bash bench/gpu_issue12.sh 2 DATA_DIR OUT_DIR   # ViT-B/16 b256 (bf16 / FP8, compiled) and ViT-L/14 b128 (eager)
+#   bash bench/gpu_issue12.sh 3 DATA_DIR OUT_DIR   # largest batch with real lengths; data-fed from real JPEG shards
+# DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
+set -uo pipefail
+PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
+PY=${PYTHON:-python3}
+FLICKR="$D/flickr8k-captions/Flickr8k.token.txt"; MEMES="$D/hateful-memes-text/train.jsonl"
+quiet() { grep -vE "^W[0-9]{4}|Online softmax|split the reduction|important use case|softmax\.$|^$"; }
+case $PART in
+1)
+  $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_flickr_eager.json" \
+      --variants open_clip@eager clipscratch:packed@eager clipscratch:trimmed@eager 2>&1 | quiet
+  timeout 470 $PY bench/train_step.py --captions "$MEMES" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_memes.json" \
+      --variants open_clip@eager clipscratch:packed@eager clipscratch:trimmed@eager open_clip clipscratch:trimmed \
+      clipscratch:packed 2>&1 | quiet ;;
+2)
+  timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
+      --variants open_clip clipscratch:trimmed clipscratch:trimmed:fp8 2>&1 | quiet
+  timeout 170 $PY bench/train_step.py --captions "$FLICKR" --models ViT-L-14 --warmup-rounds 1 --iters 12 \
+      --json "$O/l14_flickr_eager.json" --variants open_clip@eager clipscratch:packed@eager clipscratch:packed:fp8@eager \
+      clipscratch:trimmed@eager clipscratch:trimmed:fp8@eager 2>&1 | quiet ;;
+3)
+  timeout 200 $PY bench/max_batch.py --captions "$FLICKR" --models ViT-B-32 --impls open_clip clipscratch:packed \
+      clipscratch:trimmed --json "$O/max_batch_flickr.json" 2>&1 | quiet
+  timeout 250 $PY bench/data_fed.py --samples 30000 --workers 14 --variants uint8 gpu_decode nvimgcodec \
+      --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s"
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+  timeout 120 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
+      --variants uint8 nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet ;;
+esac
