@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Re-creates the README's evaluation figures and numbers from the default run's checkpoint.
-#   bash docs/make_figures.sh [CHECKPOINT]     (CPU, a few minutes)
+# Re-creates the README's evaluation figures and numbers from the default run's checkpoint:
+# the evaluation methods, the align-text study and the shapes captioning demonstration.
+#   bash docs/make_figures.sh [CHECKPOINT]     (CPU, minutes)
+# The MNIST study (12.5 minutes) and the GPU runs have their own commands in the README.
 set -euo pipefail
 CKPT=${1:-$(ls -d runs/default/checkpoints/step_* | tail -1)}
 OUT=eval_results/readme
@@ -15,7 +17,14 @@ run zeroshot --dataset shapes-unseen:shape --out "$OUT/unseen"
 run gradcam --dataset shapes:colour --images 4 --pointing 300
 run clipscore --dataset shapes:colour --show 3
 run binary --dataset shapes:plural --labels "one shape" "several shapes" --template "a photo of {label}" --shots 4 16 64 --seeds 0 1
+run align-text --dataset shapes:colour --words crimson=red emerald=green azure=blue amber=yellow violet=purple tangerine=orange \
+    --pairs 6 24 96 --original shapes:count shapes:position --out "$OUT/align_text"
+python -m clipscratch.caption train --config configs/caption_shapes.yaml clip="$CKPT" --overwrite  # it rewrites its own decoders
+run caption --dataset shapes:colour --decoder runs/caption_shapes/adapter runs/caption_shapes/prefix runs/caption_shapes/lora \
+    --out "$OUT/caption"
 mkdir -p docs/images
 cp "$OUT"/zeroshot_confusion.png "$OUT"/zeroshot_prompts.png "$OUT"/fewshot_shots.png \
    "$OUT"/tip_adapter_shots.png "$OUT"/gradcam_grid.png docs/images/
+cp "$OUT"/caption/caption_examples_lora.png docs/images/caption_shapes_lora.png
+cp "$OUT"/align_text/*.png docs/images/
 cp runs/default/curves.png docs/images/default_curves.png
