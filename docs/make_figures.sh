@@ -17,6 +17,8 @@ run zeroshot --dataset shapes-unseen:shape --out "$OUT/unseen"
 run gradcam --dataset shapes:colour --images 4 --pointing 300
 run clipscore --dataset shapes:colour --show 3
 run binary --dataset shapes:plural --labels "one shape" "several shapes" --template "a photo of {label}" --shots 4 16 64 --seeds 0 1
+run fewshot --dataset shapes:shape --parts image --shots 16 --seeds 0 --wise-ft 0 0.25 0.5 0.75 1 \
+    --original shapes:colour shapes:count --out "$OUT/wise_ft"
 run align-text --dataset shapes:colour --words crimson=red emerald=green azure=blue amber=yellow violet=purple tangerine=orange \
     --pairs 6 24 96 --original shapes:count shapes:position --out "$OUT/align_text"
 python -m clipscratch.caption train --config configs/caption_shapes.yaml clip="$CKPT" --overwrite  # it rewrites its own decoders
@@ -27,4 +29,5 @@ cp "$OUT"/zeroshot_confusion.png "$OUT"/zeroshot_prompts.png "$OUT"/fewshot_shot
    "$OUT"/tip_adapter_shots.png "$OUT"/gradcam_grid.png docs/images/
 cp "$OUT"/caption/caption_examples_lora.png docs/images/caption_shapes_lora.png
 cp "$OUT"/align_text/*.png docs/images/
+cp "$OUT"/wise_ft/fewshot_wise_ft_image.png docs/images/wise_ft_image.png
 cp runs/default/curves.png docs/images/default_curves.png

@@ -17,6 +17,7 @@ from clipscratch.eval.linear_probe import linear_probe
 from clipscratch.eval.metrics import classify, confusion_matrix, retrieval_recall, topk_accuracy
 from clipscratch.eval.splits import Splits
 from clipscratch.eval.tip_adapter import build_cache, tip_logits
+from clipscratch.data.images import open_image
 from clipscratch.eval.zeroshot import zeroshot_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,3 +192,35 @@ def test_missing_torchvision_dataset_names_the_download_flag(tmp_path):
 
     with pytest.raises(ClipscratchError, match="--download"):
         from_spec("cifar10", root=str(tmp_path))
+
+
+def test_a_folder_of_real_photos_gets_zero_shot_predictions_and_grad_cam(tiny_checkpoint, shared_data, tmp_path):
+    """../shared/data/photos as it comes (grayscale and RGBA PNGs, a 3,000-pixel JPEG, no class
+    folders): zero-shot with --classes ranks every photo, equal to a direct computation; Grad-CAM
+    explains each prompt; methods that fit refuse a folder with no training part."""
+    folder = os.path.join(shared_data, "photos")
+    classes = ["cat", "rocket", "coffee"]
+    out = evaluate.main(["zeroshot", "--model", tiny_checkpoint, "--dataset", f"imagefolder:{folder}", "--classes",
+                         *classes, "--templates", "a photo of a {}.", "--out", str(tmp_path), "--cache-dir", ""])
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith((".png", ".jpg")))
+    assert [os.path.basename(r["image"]) for r in out["predictions"]] == names and len(names) == 12
+
+    model, preprocess = clipscratch.load(tiny_checkpoint)
+    with torch.no_grad():
+        img = model.encode_image(torch.stack([preprocess(open_image(
+            open(os.path.join(folder, n), "rb").read())) for n in names]))
+        txt = model.encode_text(clipscratch.tokenize([f"a photo of a {c}." for c in classes]))
+    probs = (100 * torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T).softmax(-1)
+    for row, p in zip(out["predictions"], probs):
+        assert row["top1"] == classes[int(p.argmax())] and abs(row["p_top1"] - float(p.max())) < 1e-4
+
+    cam = evaluate.main(["gradcam", "--model", tiny_checkpoint, "--dataset", f"imagefolder:{folder}", "--prompts",
+                         "a cat", "a rocket", "--images", "12", "--out", str(tmp_path), "--cache-dir", ""])
+    maps = np.load(cam["maps"])["maps"]
+    assert maps.shape[:2] == (2, 12) and np.isfinite(maps).all() and not np.allclose(maps[0], maps[1])
+    assert os.path.exists(tmp_path / "gradcam_grid.png")
+    for method in (["linear-probe"], ["zeroshot"], ["gradcam"]):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *method, "--model", tiny_checkpoint,
+                            "--dataset", f"imagefolder:{folder}", "--out", str(tmp_path), "--cache-dir", ""],
+                           capture_output=True, text=True)
+        assert p.returncode != 0 and p.stderr.strip().startswith("error:") and p.stderr.strip().count("\n") == 0, p.stderr

@@ -192,7 +192,8 @@ def _images_in(folder: str) -> List[str]:
 
 
 def imagefolder(root: str) -> EvalData:
-    """DIR/CLASS/*.jpg, or DIR/{train,val,test}/CLASS/*.jpg when the user has made the split."""
+    """DIR/CLASS/*.jpg, or DIR/{train,val,test}/CLASS/*.jpg when the user has made the split, or
+    DIR/*.jpg: unlabelled photos to look at (all in the test part)."""
     if not os.path.isdir(root):
         raise ClipscratchError(f"{root}: not a directory")
     top = _class_folders(root)
@@ -209,7 +210,12 @@ def imagefolder(root: str) -> EvalData:
                 labels += [label] * len(found)
                 declared += [split] * len(found)
     if not paths:
-        raise ClipscratchError(f"{root}: no images in class sub-folders")
+        loose = _images_in(root)
+        if not loose:
+            raise ClipscratchError(f"{root}: no images, neither in class sub-folders nor in the folder itself")
+        # a folder of loose photos: unlabelled, all of it scored (zero-shot with --classes, Grad-CAM);
+        # methods that fit refuse it, as it has no training part
+        return EvalData(f"imagefolder:{os.path.abspath(root)}", ImageFiles(loose), declared_splits=["test"] * len(loose))
     return EvalData(f"imagefolder:{os.path.abspath(root)}", ImageFiles(paths), torch.tensor(labels),
                     [c.replace("_", " ") for c in classes], declared_splits=declared if declared_layout else None)
 

@@ -117,6 +117,8 @@ def run(suite, args) -> dict:
     data = suite.test()
     model, ex = suite.model, suite.extractor
     template = data.templates[0]
+    if not args.prompts and not data.classnames:
+        raise ClipscratchError(f"{data.name} has no class names: name the prompts to explain with --prompts")
     prompts = args.prompts or [template.format(c) for c in data.classnames]
     prompt_emb = ex.text_features(prompts).to(suite.device)
     n = min(args.images, len(data))
