@@ -79,7 +79,6 @@ def main():
                    help="clipscratch's text length: with data.trim_text (the default) a batch is cut to its longest "
                         "caption; open_clip always runs 77")
     p.add_argument("--captions", help="a caption file: batches of its real captions instead of --text-len tokens")
-    p.add_argument("--no-checkpointing-runs", action="store_true", help="only the runs without gradient checkpointing")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "max_batch.json"))
     args = p.parse_args()
     captions = None
@@ -89,7 +88,7 @@ def main():
         captions = [c for r in read_table(args.captions) for c in r.captions]
     rows = []
     for name in args.models:
-        for ckpt in (False,) if args.no_checkpointing_runs else (False, True):
+        for ckpt in (False, True):
             for impl in args.impls:
                 text_len = 77 if impl == "open_clip" or captions else args.text_len
                 b = largest(impl if ":" in impl or impl == "open_clip" else "clipscratch:77", name, ckpt, text_len, captions)

@@ -67,7 +67,7 @@ class TrainConfig:
     precision: str = "no"  # no | bf16 | fp16 (accelerate mixed precision)
     grad_checkpointing: bool = False
     # each caption costs its own length (exact; models/text_transformer.forward_packed). Unset: packed when the
-    # step runs eagerly, batches trimmed to their longest caption under compile (where packing measured slower)
+    # step runs eagerly, batches trimmed to their longest caption under compile (faster on Flickr8k-length captions)
     pack_text: Optional[bool] = None
     fp8: bool = False  # attention and MLP projections in FP8 (models/fp8.py; Hopper GPUs, with precision=bf16)
     compile: bool = False
