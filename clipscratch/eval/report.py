@@ -58,10 +58,11 @@ def plot_accuracy_vs_shots(series: Dict[str, Dict[int, float]], path: str, title
     for label, points in series.items():
         ks = sorted(points)
         ax.plot(ks, [points[k] for k in ks], marker="o", label=label)
+    ax.set_xscale("log", base=2)
     for label, value in (baselines or {}).items():
         ax.axhline(value, linestyle="--", color="grey")
-        ax.text(ax.get_xlim()[0], value, f" {label}", va="bottom", fontsize=8, color="grey")
-    ax.set_xscale("log", base=2)
+        # x in axes fractions, y in data: the label stays inside the frame whatever the x scale
+        ax.text(0.01, value, f" {label}", va="bottom", fontsize=8, color="grey", transform=ax.get_yaxis_transform())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title, fontsize=9)
