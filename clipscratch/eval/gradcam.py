@@ -81,14 +81,12 @@ def overlay_grid(images: List, cams_by_column: List[np.ndarray], titles: List[st
                  row_titles: Optional[List[str]] = None) -> str:
     """PNG grid: rows = images, columns = the original + one overlay per entry of ``cams_by_column``
     (a prompt, or a model of a sweep)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
+    from .report import figure, save_figure
+
     rows, cols = len(images), len(titles) + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.0 * rows), squeeze=False)
+    fig, axes = figure((2.0 * cols, 2.0 * rows), nrows=rows, ncols=cols, squeeze=False)
     for r, image in enumerate(images):
         rgb = np.asarray(image.convert("RGB").resize((size, size))).astype(np.float32) / 255
         axes[r][0].imshow(rgb)
@@ -100,10 +98,7 @@ def overlay_grid(images: List, cams_by_column: List[np.ndarray], titles: List[st
             axes[r][c + 1].set_title(title[:28], fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def add_arguments(p) -> None:

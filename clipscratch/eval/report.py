@@ -31,10 +31,22 @@ def _plt():
     return plt
 
 
+def figure(figsize=(5.5, 3.8), **kwargs):
+    """A new (figure, axes) on the non-interactive backend."""
+    return _plt().subplots(figsize=figsize, **kwargs)
+
+
+def save_figure(fig, path: str) -> str:
+    """Lay out, write the PNG, free the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_confusion(matrix, classnames: List[str], path: str, title: str) -> str:
-    plt = _plt()
     n = len(classnames)
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * n + 2), max(3.5, 0.45 * n + 1.5)))
+    fig, ax = figure((max(4, 0.45 * n + 2), max(3.5, 0.45 * n + 1.5)))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), classnames, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(n), classnames, fontsize=7)
@@ -45,16 +57,12 @@ def plot_confusion(matrix, classnames: List[str], path: str, title: str) -> str:
             for j in range(n):
                 ax.text(j, i, int(matrix[i][j]), ha="center", va="center", fontsize=6)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_accuracy_vs_shots(series: Dict[str, Dict[int, float]], path: str, title: str, baselines: Dict[str, float] = None,
                            xlabel: str = "shots per class") -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = figure()
     for label, points in series.items():
         ks = sorted(points)
         ax.plot(ks, [points[k] for k in ks], marker="o", label=label)
@@ -67,23 +75,16 @@ def plot_accuracy_vs_shots(series: Dict[str, Dict[int, float]], path: str, title
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_bars(values: Dict[str, float], path: str, title: str) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(4, 1.3 * len(values)), 3.5))
+    fig, ax = figure((max(4, 1.3 * len(values)), 3.5))
     ax.bar(range(len(values)), list(values.values()))
     ax.set_xticks(range(len(values)), list(values), rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown_table(series: Dict[str, Dict[int, float]], baselines: Dict[str, float]) -> str:
@@ -112,15 +113,11 @@ def plot_captions(images: List, texts: List[str], path: str, title: str, size: i
     """PNG: each image with its text below it, in one row."""
     import textwrap
 
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(images), figsize=(3.0 * len(images), 5.0), squeeze=False)
+    fig, axes = figure((3.0 * len(images), 5.0), ncols=len(images), squeeze=False)
     for ax, image, text in zip(axes[0], images, texts):
         ax.imshow(image.convert("RGB").resize((size, size)))
         ax.set_xlabel("\n".join(textwrap.fill(line, 34) for line in text.splitlines()), fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -38,10 +38,9 @@ def sweep(start_model, finetuned_model, alphas: Sequence[float], score: Callable
 
 def plot(rows: List[dict], target: str, others: Sequence[str], path: str, title: str) -> str:
     """Accuracy against alpha: the finetuning task and each of the model's original tasks."""
-    from .report import _plt
+    from .report import figure, save_figure
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = figure()
     alphas = [r["alpha"] for r in rows]
     ax.plot(alphas, [r[target] for r in rows], marker="o", linewidth=2, label=f"{target} (finetuning task)")
     for name in others:
@@ -50,7 +49,4 @@ def plot(rows: List[dict], target: str, others: Sequence[str], path: str, title:
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
