@@ -77,7 +77,6 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = True
     dev, size = args.device, args.image_size
     model = clipscratch.create_model(args.model).to(dev).train()
-    model.set_text_packing(args.no_compile)  # as the trainer resolves pack_text: packed when eager, trimmed compiled
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
 
     def step(images, tokens):
@@ -99,7 +98,7 @@ def main():
         return make_loader(ShardDataset(spec, transform, 77, trim_text=True), args.workers, pin_memory=dev == "cuda")
 
     def to_gpu(b, decoder="torchvision"):
-        return to_device(b, torch.device(dev), size, decoder)
+        return to_device(b, torch.device(dev), size, decoder, pack_text=True)  # captions packed on the host, as the trainer
 
     def timed(batches):
         for _ in range(20):  # compile / let the workers start up and fill their prefetch queues
@@ -115,7 +114,7 @@ def main():
     fixed = to_gpu(next(it))
     del it
     rows = {"synthetic": timed(iter(lambda: fixed, None))}
-    text_len = int(fixed[1].shape[1])
+    text_len = int(fixed[1].layout.shape[1])
     extra = {}
     for name in args.variants:
         kind, _ = VARIANTS[name]

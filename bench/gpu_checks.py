@@ -1,11 +1,13 @@
 """Correctness of the speed options on a GPU, in one run (prints a table; raw JSON to $OUT):
 
-1. packed text == padded text (fp32, TF32 off, ViT-B/32 random init, real Flickr8k captions);
+1. packed text == padded text (fp32, TF32 off, ViT-B/32 random init, real Flickr8k captions), and in
+   bf16 with flash attention's varlen kernel as close to fp32 as the padded batch;
 2. gradient caching with patch dropout == the big batch with the same dropped patches (the CUDA
    generator replayed, not only the CPU one);
 3. the FP8 linear == its own emulation (quantised operands, float32 products);
 4. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
-   levels, and its rate on 256-pixel JPEGs.
+   levels, the same pixels again after its buffers were reused for other images, and its rate on
+   256-pixel JPEGs.
 
     python bench/gpu_checks.py --captions ../shared/data/flickr8k-captions/Flickr8k.token.txt --photos DIR
 """
@@ -30,22 +32,34 @@ def rel(a, b):
 
 
 def packed_vs_padded(captions_path):
+    """fp32: packed (the padded-layout attention) against padded, exact to rounding. bf16: packed
+    on the host with flash attention's varlen kernel against padded, both against fp32: the packed
+    path's error must be the padded path's (bf16 rounding), not more."""
     from clipscratch.data.captions import read_table
+    from clipscratch.models.packing import pack_tokens, uses_flash_varlen
 
     captions = [c for r in read_table(captions_path) for c in r.captions][:512]
     tokens = clipscratch.tokenize(captions, truncate=True).cuda()
+    packed = pack_tokens(tokens.cpu()).to("cuda")
     torch.manual_seed(0)
     model = clipscratch.create_model("ViT-B-32").cuda()
     images = torch.randn(len(tokens), 3, 224, 224, device="cuda")
-    grads, feats = [], []
-    for pack in (False, True):
+
+    def run(text, bf16):
         model.zero_grad()
-        model.set_text_packing(pack)
-        out = model(images, tokens)
-        ClipLoss()(*out).backward()
-        feats.append(out.text_features.detach())
-        grads.append(torch.cat([p.grad.flatten() for p in model.text.parameters()]))
-    return {"text_features_rel_err": rel(feats[1], feats[0]), "text_grads_rel_err": rel(grads[1], grads[0])}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            out = model(images, text)
+            ClipLoss()(*out).backward()
+        return out.text_features.detach().float(), torch.cat([p.grad.flatten() for p in model.text.parameters()])
+
+    f32, g32 = run(tokens, False)
+    fp, gp = run(packed, False)
+    f16, g16 = run(tokens, True)
+    fv, gv = run(packed, True)
+    return {"fp32_packed_features_rel_err": rel(fp, f32), "fp32_packed_grads_rel_err": rel(gp, g32),
+            "bf16_uses_flash_varlen": uses_flash_varlen(images.bfloat16()),
+            "bf16_padded_features_rel_err_vs_fp32": rel(f16, f32), "bf16_packed_features_rel_err_vs_fp32": rel(fv, f32),
+            "bf16_padded_grads_rel_err_vs_fp32": rel(g16, g32), "bf16_packed_grads_rel_err_vs_fp32": rel(gv, g32)}
 
 
 def grad_cache_with_patch_dropout():
@@ -94,6 +108,12 @@ def nvimgcodec_check(photos_dir):
     decoded = _decode_nvimgcodec(jpegs, "cuda")
     diffs = [(d.float().cpu() - torch.from_numpy(__import__("numpy").asarray(Image.open(io.BytesIO(r)).convert("RGB"))).permute(2, 0, 1).float()).abs().mean().item()
              for d, r in zip(decoded, raws) if d is not None]
+    first = [None if d is None else d.clone() for d in decoded]
+    other = [torch.frombuffer(bytearray(encode_jpeg(Image.new("RGB", (64 + i, 80), (i, 2 * i, 90)))), dtype=torch.uint8)
+             for i in range(len(jpegs))]
+    _decode_nvimgcodec(other, "cuda")  # refills the buffers with other images of other sizes
+    again = _decode_nvimgcodec(jpegs, "cuda")  # and back: the reused buffers give the same pixels
+    reuse_diff = max((a.int() - b.int()).abs().max().item() for a, b in zip(first, again) if a is not None)
     small = [torch.frombuffer(bytearray(encode_jpeg(Image.open(p).convert("RGB").resize((256, 256)))), dtype=torch.uint8) for p in paths]
     batch = (small * 3)[:512]
     for _ in range(2):
@@ -105,7 +125,7 @@ def nvimgcodec_check(photos_dir):
     torch.cuda.synchronize()
     rate = 5 * len(batch) / (time.perf_counter() - t)
     return {"nvimgcodec_decoded": sum(d is not None for d in decoded), "of": len(paths),
-            "mean_abs_diff_vs_pil": sum(diffs) / len(diffs), "max_image_diff": max(diffs), "decodes_per_s_256px": rate}
+            "mean_abs_diff_vs_pil": sum(diffs) / len(diffs), "max_diff_after_buffer_reuse": reuse_diff, "max_image_diff": max(diffs), "decodes_per_s_256px": rate}
 
 
 def main():

@@ -3,6 +3,12 @@
 #   bash bench/gpu_issue12.sh 1 DATA_DIR OUT_DIR   # ViT-B/32 b512: Flickr8k and Hateful Memes lengths, eager and compiled
 #   bash bench/gpu_issue12.sh 2 DATA_DIR OUT_DIR   # ViT-B/16 b256 (bf16 / FP8, compiled) and ViT-L/14 b128 (eager)
 #   bash bench/gpu_issue12.sh 3 DATA_DIR OUT_DIR   # largest batch with real lengths; data-fed from real JPEG shards
+# After text packing moved to the host (models/packing.py: compiled once, flash attention's varlen kernel):
+#   bash bench/gpu_issue12.sh 4 DATA_DIR OUT_DIR   # GPU correctness checks; ViT-B/32 b512 compiled, Flickr8k lengths
+#   bash bench/gpu_issue12.sh 5 DATA_DIR OUT_DIR   # ViT-B/32 b512 compiled, Hateful Memes lengths; where the step's time goes
+#   bash bench/gpu_issue12.sh 6 DATA_DIR OUT_DIR   # ViT-B/16 b256 compiled, Flickr8k lengths: bf16 and FP8
+#   bash bench/gpu_issue12.sh 7 DATA_DIR OUT_DIR   # data-fed from 256-px shards and from the Flickr8k photos as they are
+#   bash bench/gpu_issue12.sh 8 DATA_DIR OUT_DIR   # attention kernels at CLIP's shapes; ViT-B/32 with the patch embedding as a matmul
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -30,5 +36,30 @@ case $PART in
   $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
       --maxcount 125 2>&1 | tail -1
   timeout 120 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
+      --variants uint8 nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet ;;
+4)
+  timeout 120 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet
+  timeout 450 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_flickr.json" \
+      --variants open_clip clipscratch:packed clipscratch:trimmed 2>&1 | quiet ;;
+5)
+  timeout 330 $PY bench/train_step.py --captions "$MEMES" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_memes.json" \
+      --variants open_clip clipscratch:packed 2>&1 | quiet
+  timeout 200 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-32 --variants clipscratch:packed clipscratch:trimmed \
+      --json "$O/profile_b32_flickr.json" 2>&1 | quiet ;;
+6)
+  timeout 560 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
+      --variants open_clip clipscratch:packed clipscratch:packed:fp8 2>&1 | quiet ;;
+8)
+  timeout 150 $PY bench/attention_shapes.py --captions "$FLICKR" --json "$O/attention_shapes.json" 2>&1 | quiet
+  timeout 300 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_flickr.json" \
+      --variants open_clip clipscratch:packed 2>&1 | quiet
+  timeout 120 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-32 --variants clipscratch:packed \
+      --json "$O/profile_b32_flickr.json" 2>&1 | quiet ;;
+7)
+  timeout 200 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec \
+      --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s"
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+  timeout 150 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants uint8 nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet ;;
 esac

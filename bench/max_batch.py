@@ -42,7 +42,7 @@ def fits(impl, name, batch, ckpt, text_len=77, captions=None) -> bool:
             model.set_grad_checkpointing(True)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         images = torch.randn(batch, 3, 224, 224, device="cuda")
-        tokens = prepare_tokens(make_tokens(batch, text_len, captions), mode).cuda()
+        tokens = prepare_tokens(make_tokens(batch, text_len, captions), mode).to("cuda")
         for _ in range(2):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = clip_loss(model.encode_image(images), model.encode_text(tokens), scale_fn())

@@ -6,14 +6,17 @@
 Every step's captions are a batch of real captions drawn from the file (8 different batches,
 rotated), tokenised; the two implementations see the same tokens:
   open_clip            pads every caption to 77 tokens, as its users run it
-  clipscratch:packed   each caption costs its own length (text_transformer.forward_packed)
+  clipscratch:packed   each caption costs its own length: packed on the host as the training loop does
+                       (models/packing.py; flash attention's varlen kernel)
   clipscratch:trimmed  the batch cut to its longest caption
   clipscratch:77       77 tokens, as open_clip
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...@eager            without torch.compile (the default compiles the step)
 Synthetic images on the GPU, random init, bf16 autocast, fused AdamW, the CLIP loss; model
 FLOPs are counted (torch.utils.flop_counter, one forward+backward) on the tokens each variant
-really computes. GELU models (ViT-B-32, ViT-B-16, ViT-L-14) on both sides.
+really computes (the flop counter does not see inside flash attention's varlen kernel: the packed
+captions' own attention products, under 0.1% of a step, go uncounted). GELU models (ViT-B-32,
+ViT-B-16, ViT-L-14) on both sides.
 """
 import argparse
 import json
@@ -72,10 +75,15 @@ def build(variant: str, name: str):
     return model, model.scale, mode
 
 
-def prepare_tokens(tokens: torch.Tensor, mode: str) -> torch.Tensor:
+def prepare_tokens(tokens: torch.Tensor, mode: str):
+    """What the training loop hands the model (on the host, before the copy to the GPU)."""
     if mode == "trimmed":
         return tokens[:, : int((tokens != 0).sum(1).max())]
-    return tokens  # 77 wide; the packed model reads each caption's own length
+    if mode == "packed":
+        from clipscratch.models.packing import pack_tokens
+
+        return pack_tokens(tokens)  # as prefetch.to_device with pack_text: no data-dependent shape in the step
+    return tokens  # 77 wide
 
 
 def measure(variant, name, batches, compiled, warmup_rounds, iters):
@@ -85,7 +93,7 @@ def measure(variant, name, batches, compiled, warmup_rounds, iters):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     bs = batches[0].shape[0]
     images = torch.randn(bs, 3, 224, 224, device="cuda")
-    tokens = [prepare_tokens(b, mode).cuda() for b in batches]
+    tokens = [prepare_tokens(b, mode).to("cuda") for b in batches]
 
     def step(images, tokens):
         with torch.autocast("cuda", dtype=torch.bfloat16):

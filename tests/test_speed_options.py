@@ -265,3 +265,41 @@ def test_fp8_model_gradients_point_where_float32_ones_do():
     assert abs(la - lb) < 0.02 * abs(la)
     cosines = [F.cosine_similarity(x.flatten(), y.flatten(), dim=0).item() for x, y in zip(ga, gb) if x.numel() > 1000]
     assert len(cosines) == 22 and min(cosines) > 0.95
+
+
+def test_text_packed_on_the_host_compiles_once_for_every_caption_length(shared_data):
+    """The training loop packs each batch on the host (prefetch.to_device with pack_text), so
+    the compiled model sees no data-dependent shape: one graph without a break (fullgraph), with
+    N and T dynamic from the start, for batches of real captions of any lengths; the loss and
+    gradients are the padded batch's."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from clipscratch.models.packing import pack_tokens
+
+    tokens = _flickr_tokens(shared_data, n=64)
+    batches = [tokens[i::4] for i in range(4)]  # four batches of 16 with different longest and total lengths
+    shapes = {(tuple(p.layout.shape), p.ids.shape[0]) for p in map(pack_tokens, batches)}
+    assert len(shapes) == 4
+    a, b = _pair()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(b, backend=counter, fullgraph=True)
+    torch._dynamo.reset()
+    for i, text in enumerate(batches):
+        images = torch.randn(len(text), 3, 32, 32, generator=torch.Generator().manual_seed(i))
+        la, ga = _loss_and_grads(a, (images, text))
+        lb, gb = _loss_and_grads(compiled, (images, pack_tokens(text)))
+        assert abs(la - lb) <= 1e-5 * abs(la)
+        assert max(_rel(y, x) for x, y in zip(ga, gb) if x.abs().max() > 0) <= 1e-4
+    assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("size", [32, 35])
+def test_patch_embedding_as_a_matrix_product_equals_the_convolution(size):
+    """patchify computes conv1 as a matrix product: the convolution's numbers (float64: to
+    rounding), also where the image size leaves pixels over (the convolution drops them)."""
+    torch.manual_seed(0)
+    vit = clipscratch.create_model("tiny-vit").visual.double()
+    images = torch.randn(3, 3, size, size, dtype=torch.float64)
+    conv = vit.conv1(images).flatten(2).transpose(1, 2)  # [B, N, width]
+    assert vit.patchify(images).shape == conv.shape
+    assert _rel(vit.patchify(images), conv) <= 1e-14

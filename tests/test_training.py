@@ -340,6 +340,10 @@ def test_to_device_drops_jpegs_the_gpu_cannot_decode_and_counts_them_in_the_batc
     images, tokens = to_device(batch, torch.device("cpu"), 32)
     assert images.shape == (2, 3, 32, 32) and tokens[:, 0].tolist() == [0, 2]
     assert batch["skipped"] == {"missing caption": 2, "corrupt image": 1}
+    batch["tokens"] = clipscratch.tokenize(["a red square", "", "two blue circles on grey"])
+    _, packed = to_device(batch, torch.device("cpu"), 32, pack_text=True)  # the surviving captions, packed
+    assert packed.ids.tolist() == [t for i in (0, 2) for t in batch["tokens"][i].tolist() if t]
+    assert packed.starts.tolist() == [0, 5, 12] and packed.layout.shape == (2, 7)
 
 
 def test_flickr8k_config_trains_on_real_photos_and_scores_the_test_split(tmp_path, shared_data):

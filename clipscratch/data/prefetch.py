@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import torch
+
+from ..models.packing import PackedTokens, pack_tokens
 
 _DONE = object()
 
@@ -87,10 +89,11 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
                 pass
 
 
-def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: str = "auto"
-              ) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """A loader batch -> (normalised images [B, 3, S, S], tokens [B, T]) on ``device``; None for
-    a worker's closing tally of skipped samples.
+def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: str = "auto", pack_text: bool = False
+              ) -> Optional[Tuple[torch.Tensor, Union[torch.Tensor, PackedTokens]]]:
+    """A loader batch -> (normalised images [B, 3, S, S], tokens [B, T] or, with ``pack_text``,
+    the captions packed on the host: models/packing.py) on ``device``; None for a worker's
+    closing tally of skipped samples.
 
     Workers send uint8 pixels (normalised here, a quarter of the bytes through shared and pinned
     memory) or, with ``data.gpu_decode``, packed JPEG bytes decoded here; an image that fails to
@@ -100,7 +103,7 @@ def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: 
 
     if "images" not in batch:
         return None
-    tokens = batch["tokens"].to(device, non_blocking=True)
+    tokens = batch["tokens"]  # [B, T] on the host
     if "jpeg_ends" in batch:
         from .gpu_decode import gpu_transform, unpack_jpegs
 
@@ -109,7 +112,9 @@ def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: 
         if not keep.all():
             skipped = batch["skipped"]
             skipped["corrupt image"] = skipped.get("corrupt image", 0) + int((~keep).sum())
-            tokens = tokens[keep.to(device)]
-        return images, tokens
-    images = batch["images"].to(device, non_blocking=True)
-    return (normalize_images(images) if images.dtype == torch.uint8 else images), tokens
+            tokens = tokens[keep]
+    else:
+        images = batch["images"].to(device, non_blocking=True)
+        images = normalize_images(images) if images.dtype == torch.uint8 else images
+    tokens = pack_tokens(tokens) if pack_text else tokens
+    return images, tokens.to(device, non_blocking=True)

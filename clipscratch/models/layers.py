@@ -6,7 +6,7 @@ Activations are batch-first: ``[B, T, C]``.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .fp8 import linear
+from .packing import PackedTokens, packed_attention
 
 
 class LayerNorm(nn.LayerNorm):
@@ -42,25 +43,6 @@ def make_activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}; use 'quick_gelu' or 'gelu'")
 
 
-class Packing(NamedTuple):
-    """Where the tokens of a packed batch [N, C] sit in the padded layout [B, T, C]:
-    ``index[n] = b * T + t`` for token n (caption b, position t)."""
-
-    index: torch.Tensor  # [N] long
-    batch: int
-    length: int  # T: the longest caption
-
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, D] -> [B, T, D], zeros after each caption's end."""
-        out = x.new_zeros(self.batch * self.length, x.shape[-1])
-        out[self.index] = x
-        return out.view(self.batch, self.length, -1)
-
-    def unpad(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, D] -> [N, D]."""
-        return x.reshape(self.batch * self.length, -1)[self.index]
-
-
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
@@ -77,21 +59,18 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         self.fp8 = False  # CLIP.set_fp8: the two projections in FP8 (fp8.py)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[Packing] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
         """x [B, T, C]; or packed tokens [N, C] with ``packing``: the projections run on the N
-        real tokens, attention on each caption's own tokens in the padded layout (causal, never
-        across captions; the zeros after a caption's end come after every real query)."""
+        real tokens, attention on each caption's own tokens (packing.packed_attention, causal)."""
         C = x.shape[-1]
         qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8)  # [B, T, 3C] or [N, 3C]
         if packing is not None:
-            qkv = packing.pad(qkv)  # [B, T, 3C]
-        B, T = qkv.shape[:2]
-        qkv = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # 3 x [B, H, T, D]
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, T, D]
-        y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
-        if packing is not None:
-            y = packing.unpad(y)  # [N, C]
+            y = packed_attention(qkv, self.heads, packing)  # [N, C]
+        else:
+            B, T = qkv.shape[:2]
+            q, k, v = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, T, D]
+            y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
         return linear(y, self.out_proj.weight, self.out_proj.bias, self.fp8)
 
 
@@ -118,7 +97,7 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio), activation)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[Packing] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=causal, packing=packing)  # [B, T, C] (or packed [N, C])
         x = x + self.mlp(self.ln_2(x))  # [B, T, C]
         return x
@@ -134,7 +113,7 @@ class Transformer(nn.Module):
         )
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[Packing] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
         for block in self.resblocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, causal, packing, use_reentrant=False)

@@ -1,12 +1,15 @@
 """The causal text transformer of CLIP."""
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import nn
 
 from ..errors import TextTooLongError
 from .config import TextConfig
-from .layers import LayerNorm, Packing, Transformer
+from .layers import LayerNorm, Transformer
+from .packing import PackedTokens, pack_tokens
 
 
 class TextTransformer(nn.Module):
@@ -14,7 +17,8 @@ class TextTransformer(nn.Module):
 
     The end-of-text token has the largest id, so ``tokens.argmax(-1)`` finds it.
     Because attention is causal, padding after EOT never changes the result, so a
-    batch may be trimmed to its longest caption (any length <= context_length).
+    batch may be trimmed to its longest caption (any length <= context_length), or packed
+    (packing.py): given as ``PackedTokens``, or packed here when ``pack`` is on.
     """
 
     def __init__(self, cfg: TextConfig, embed_dim: int, activation: str):
@@ -54,24 +58,23 @@ class TextTransformer(nn.Module):
         x = self.transformer(x, causal=True)  # [B, T, width]
         return self.ln_final(x)
 
-    def forward(self, text: torch.Tensor) -> torch.Tensor:
+    def forward(self, text: Union[torch.Tensor, PackedTokens]) -> torch.Tensor:
+        if isinstance(text, PackedTokens):
+            return self.forward_packed(text)
         text = self.fit_context(text)
         if self.pack:
-            return self.forward_packed(text)
+            return self.forward_packed(pack_tokens(text))
         x = self.tokens(text)  # [B, T, width]
         eot = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]  # [B, width]
         return eot @ self.text_projection  # [B, embed_dim]
 
-    def forward_packed(self, text: torch.Tensor) -> torch.Tensor:
-        """The same features as ``forward``, computed on the real tokens only: the captions of a
-        batch are packed into one sequence [N, width] (N = the sum of their lengths through the
-        end token); embeddings, LayerNorms, MLPs and projections run on it, attention on each
-        caption's own tokens (layers.Packing)."""
-        B = text.shape[0]
-        lengths = text.argmax(dim=-1) + 1  # [B]: through the end-of-text token
-        T = int(lengths.max())
-        index = (torch.arange(T, device=text.device) < lengths[:, None]).flatten().nonzero().squeeze(1)  # [N]
-        x = self.token_embedding(text[:, :T].reshape(-1)[index]) + self.positional_embedding[index % T]  # [N, width]
-        x = self.ln_final(self.transformer(x, causal=True, packing=Packing(index, B, T)))  # [N, width]
-        eot = x[lengths.cumsum(0) - 1]  # [B, width]: each caption's last token
-        return eot @ self.text_projection  # [B, embed_dim]
+    def forward_packed(self, packed: PackedTokens) -> torch.Tensor:
+        """The same features as ``forward``, computed on the real tokens only: embeddings,
+        LayerNorms, MLPs and projections run on the packed sequence [N, width], attention on
+        each caption's own tokens (packing.packed_attention)."""
+        if packed.layout.shape[1] > self.context_length:
+            raise TextTooLongError(f"a caption has {packed.layout.shape[1]} tokens, more than this model's "
+                                   f"context_length={self.context_length}")
+        x = self.token_embedding(packed.ids) + self.positional_embedding[packed.positions]  # [N, width]
+        x = self.ln_final(self.transformer(x, causal=True, packing=packed))  # [N, width]
+        return x[packed.ends] @ self.text_projection  # [B, embed_dim]: each caption's end token

@@ -129,7 +129,7 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
             loader = epoch_loader(cfg, sources, counts, state, rank, world, image_size, context_length,
                                   pin_memory=device.type == "cuda")
             micro, batches = [], 0
-            for batch, on_device in prefetch_to_device(loader, lambda b: to_device(b, device, image_size, cfg.data.jpeg_decoder), device):
+            for batch, on_device in prefetch_to_device(loader, lambda b: to_device(b, device, image_size, cfg.data.jpeg_decoder, cfg.pack_text), device):
                 skipped.update(batch["skipped"])
                 if on_device is None:  # a worker's closing tally
                     continue

@@ -1,0 +1,94 @@
+"""Packed text: the captions of a batch as one sequence of their real tokens.
+
+A batch of token ids [B, L] (end-of-text, the largest id, ends each caption; zeros after it)
+becomes ``PackedTokens``: the N = sum of the captions' lengths tokens, caption after caption,
+with what attention needs to keep each caption to itself. ``pack_tokens`` builds it wherever
+the ids are: in the training loop on the host, before the batch goes to the GPU, so that the
+compiled step sees no data-dependent shape and never waits for the GPU; in the model itself
+(``CLIP.set_text_packing``) for a plain [B, L] batch.
+
+``packed_attention`` is causal attention within each caption: flash attention's
+variable-length kernel on a CUDA GPU in half precision (no padding at all), otherwise the
+packed q/k/v are scattered into the padded layout [B, T] for ``scaled_dot_product_attention``
+(the zeros after a caption's end come after every real query, so they are never attended).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class PackedTokens(NamedTuple):
+    """B captions of lengths l_b (through the end token) packed into N = sum(l_b) tokens."""
+
+    ids: torch.Tensor  # [N] long: token ids, caption after caption
+    positions: torch.Tensor  # [N] long: each token's position in its caption
+    starts: torch.Tensor  # [B + 1] int32: where each caption begins; starts[B] = N (flash's cu_seqlens)
+    slots: torch.Tensor  # [N] long: b * T + t, the token's place in the padded layout [B, T]
+    layout: torch.Tensor  # [B, T] bool: the padded layout's real tokens (T = the longest caption)
+
+    @property
+    def ends(self) -> torch.Tensor:
+        """[B] long: each caption's end-of-text token in the packed sequence."""
+        return self.starts[1:].long() - 1
+
+    def to(self, device, non_blocking: bool = False) -> "PackedTokens":
+        return _vary(PackedTokens(*(t.to(device, non_blocking=non_blocking) for t in self)))
+
+
+def _vary(packed: PackedTokens) -> PackedTokens:
+    """Tell torch.compile up front that N and T change from batch to batch, so that it compiles
+    one graph for all lengths instead of one for the first batch and a second one on the next."""
+    for t in (packed.ids, packed.positions, packed.slots):
+        torch._dynamo.maybe_mark_dynamic(t, 0)  # N
+    torch._dynamo.maybe_mark_dynamic(packed.layout, 1)  # T
+    return packed
+
+
+def pack_tokens(tokens: torch.Tensor) -> PackedTokens:
+    """Token ids [B, L] -> PackedTokens (on the ids' device; on a GPU this waits for it once)."""
+    lengths = tokens.argmax(dim=-1) + 1  # [B]: through the end-of-text token
+    T = int(lengths.max())
+    layout = torch.arange(T, device=tokens.device) < lengths[:, None]  # [B, T]
+    slots = layout.flatten().nonzero().squeeze(1)  # [N]
+    starts = torch.zeros(len(tokens) + 1, dtype=torch.int32, device=tokens.device)
+    starts[1:] = lengths.cumsum(0)
+    return _vary(PackedTokens(tokens[:, :T].reshape(-1)[slots], slots % T, starts, slots, layout))
+
+
+def _flash_varlen():
+    """torch's variable-length flash attention as f(q, k, v, starts, longest) -> causal output,
+    or None where this torch has none (its causal argument changed name across releases)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" in params:
+        return lambda q, k, v, starts, T: varlen_attn(q, k, v, starts, starts, T, T, window_size=(-1, 0))
+    if "is_causal" in params:
+        return lambda q, k, v, starts, T: varlen_attn(q, k, v, starts, starts, T, T, is_causal=True)
+    return None
+
+
+_VARLEN = _flash_varlen()
+
+
+def uses_flash_varlen(x: torch.Tensor) -> bool:
+    return _VARLEN is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+
+
+def packed_attention(qkv: torch.Tensor, heads: int, packed: PackedTokens) -> torch.Tensor:
+    """Causal self-attention of each caption over its own tokens: packed qkv [N, 3C] -> [N, C]."""
+    N, C = qkv.shape[0], qkv.shape[1] // 3
+    B, T = packed.layout.shape
+    if uses_flash_varlen(qkv):
+        q, k, v = qkv.view(N, 3, heads, C // heads).unbind(1)  # 3 x [N, H, D]
+        return _VARLEN(q, k, v, packed.starts, T).reshape(N, C)
+    padded = qkv.new_zeros(B * T, 3 * C).index_copy(0, packed.slots, qkv)  # [B*T, 3C]
+    q, k, v = padded.view(B, T, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, D]
+    return y.transpose(1, 2).reshape(B * T, C)[packed.slots]  # [N, C]
