@@ -37,14 +37,20 @@ def _col_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous().t()
 
 
+def _pad_rows(t: torch.Tensor) -> torch.Tensor:
+    """[M, K] -> [M', K] with zero rows up to a multiple of 16 (the weight gradient's product runs
+    over M, and _scaled_mm wants it so); zeros change no product and no absolute maximum."""
+    return F.pad(t, (0, 0, 0, (-t.shape[0]) % 16))
+
+
 class _FP8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         shape, out_dtype = x.shape, _out_dtype(x)
-        x2 = x.reshape(-1, shape[-1])  # [M, K]
-        x8, sx = to_fp8(x2, E4M3)
+        M = x.numel() // shape[-1]
+        x8, sx = to_fp8(_pad_rows(x.reshape(M, shape[-1])), E4M3)  # [M', K]
         w8, sw = to_fp8(weight, E4M3)  # [N, K]
-        y = torch._scaled_mm(x8, _col_major(w8.t()), scale_a=sx, scale_b=sw, out_dtype=out_dtype)  # [M, N]
+        y = torch._scaled_mm(x8, _col_major(w8.t()), scale_a=sx, scale_b=sw, out_dtype=out_dtype)[:M]  # [M, N]
         if bias is not None:
             y = y + bias.to(out_dtype)
         ctx.save_for_backward(x8, sx, w8, sw)
@@ -55,8 +61,9 @@ class _FP8Linear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x8, sx, w8, sw = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])  # [M, N]
-        g8, sg = to_fp8(g2, E5M2)
-        grad_x = torch._scaled_mm(g8, _col_major(w8), scale_a=sg, scale_b=sw, out_dtype=torch.float32)  # [M, K]
+        M = g2.shape[0]
+        g8, sg = to_fp8(_pad_rows(g2), E5M2)  # [M', N]
+        grad_x = torch._scaled_mm(g8, _col_major(w8), scale_a=sg, scale_b=sw, out_dtype=torch.float32)[:M]  # [M, K]
         grad_w = torch._scaled_mm(g8.t().contiguous(), _col_major(x8), scale_a=sg, scale_b=sx, out_dtype=torch.float32)  # [N, K]
         grad_b = g2.float().sum(0) if ctx.has_bias else None
         x_dtype, w_dtype = ctx.dtypes
@@ -64,13 +71,14 @@ class _FP8Linear(torch.autograd.Function):
                 None if grad_b is None else grad_b.to(w_dtype))
 
 
-def fp8_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """_scaled_mm's shape rule: every dimension a multiple of 16."""
-    return x.numel() // x.shape[-1] % 16 == 0 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
+def fp8_fits(weight: torch.Tensor) -> bool:
+    """_scaled_mm's shape rule for the weight [N, K]: both a multiple of 16 (the rows of the
+    input are padded to one)."""
+    return weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], fp8: bool = False) -> torch.Tensor:
-    """F.linear, or its FP8 version when ``fp8`` is on and the shapes allow it."""
-    if fp8 and fp8_fits(x, weight):
+    """F.linear, or its FP8 version when ``fp8`` is on and the weight's shape allows it."""
+    if fp8 and fp8_fits(weight):
         return _FP8Linear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
