@@ -36,7 +36,10 @@ class PackedTokens(NamedTuple):
         return self.starts[1:].long() - 1
 
     def to(self, device, non_blocking: bool = False) -> "PackedTokens":
-        return _vary(PackedTokens(*(t.to(device, non_blocking=non_blocking) for t in self)))
+        """On ``device``. From the host to a GPU without waiting: through pinned memory (a copy
+        from pageable memory would first wait for everything queued on the stream)."""
+        pin = non_blocking and torch.device(device).type == "cuda" and not self.ids.is_cuda
+        return _vary(PackedTokens(*((t.pin_memory() if pin else t).to(device, non_blocking=non_blocking) for t in self)))
 
 
 def _vary(packed: PackedTokens) -> PackedTokens:
