@@ -19,7 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from train_step import BATCH, build, caption_batches, clip_loss, prepare_tokens  # noqa: E402
+from train_step import BATCH, caption_batches, setup  # noqa: E402
 
 
 def kind(name: str) -> str:
@@ -34,21 +34,8 @@ def kind(name: str) -> str:
 
 
 def profile_variant(variant, name, batches, steps=4):
-    torch.manual_seed(0)
-    model, scale_fn, mode = build(variant, name)
-    model = model.cuda().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    images = torch.randn(batches[0].shape[0], 3, 224, 224, device="cuda")
-    tokens = [prepare_tokens(b, mode).to("cuda") for b in batches]
-
-    @torch.compile
-    def step(images, tokens):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = clip_loss(model.encode_image(images), model.encode_text(tokens), scale_fn())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step, model, optimizer, images, tokens = setup(variant, name, batches)
+    step = torch.compile(step)
     for t in tokens:
         step(images, t)
     torch.cuda.synchronize()

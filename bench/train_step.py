@@ -86,13 +86,14 @@ def prepare_tokens(tokens: torch.Tensor, mode: str):
     return tokens  # 77 wide
 
 
-def measure(variant, name, batches, compiled, warmup_rounds, iters):
+def setup(variant, name, batches):
+    """(step(images, tokens), model, optimizer, images, the batches' tokens as the variant takes
+    them), on the GPU: one training step, bf16 autocast, fused AdamW."""
     torch.manual_seed(0)
     model, scale_fn, mode = build(variant, name)
     model = model.cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    bs = batches[0].shape[0]
-    images = torch.randn(bs, 3, 224, 224, device="cuda")
+    images = torch.randn(batches[0].shape[0], 3, 224, 224, device="cuda")
     tokens = [prepare_tokens(b, mode).to("cuda") for b in batches]
 
     def step(images, tokens):
@@ -103,12 +104,16 @@ def measure(variant, name, batches, compiled, warmup_rounds, iters):
         optimizer.zero_grad(set_to_none=True)
         return loss
 
+    return step, model, optimizer, images, tokens
+
+
+def measure(variant, name, batches, compiled, warmup_rounds, iters):
+    step, model, optimizer, images, tokens = setup(variant, name, batches)
+    bs = images.shape[0]
+
     with FlopCounterMode(display=False) as counter:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = clip_loss(model.encode_image(images), model.encode_text(tokens[0]), scale_fn())
-        loss.backward()
+        step(images, tokens[0])  # one eager step (the optimizer's arithmetic is not counted)
     flops = counter.get_total_flops()  # the first batch's tokens: close to the mean
-    optimizer.zero_grad(set_to_none=True)
     run = torch.compile(step) if compiled else step
     t0 = time.perf_counter()
     for _ in range(warmup_rounds):
@@ -122,7 +127,7 @@ def measure(variant, name, batches, compiled, warmup_rounds, iters):
     host = time.perf_counter()
     for i in range(iters):
         run(images, tokens[i % len(tokens)])
-    host_ms = (time.perf_counter() - host) * 1000 / iters  # near step_ms: the CPU, not the GPU, sets the pace
+    host_ms = (time.perf_counter() - host) * 1000 / iters  # the host time per call (a full launch queue also makes it step_ms)
     end.record()
     torch.cuda.synchronize()
     ms = start.elapsed_time(end) / iters

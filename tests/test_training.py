@@ -369,9 +369,8 @@ def test_flickr8k_config_trains_on_real_photos_and_scores_the_test_split(tmp_pat
     assert results["text_to_image_R@10"] > 10 / 125  # above chance
 
 
-def test_text_packing_is_resolved_from_compile_unless_set():
+def test_text_is_packed_by_default_compiled_or_not():
     default = os.path.join(ROOT, "configs", "default.yaml")
     assert resolve(default, []).pack_text is True
-    assert resolve(default, ["compile=true"]).pack_text is False
-    assert resolve(default, ["compile=true", "pack_text=true"]).pack_text is True
+    assert resolve(default, ["compile=true"]).pack_text is True
     assert resolve(default, ["pack_text=false"]).pack_text is False

@@ -73,10 +73,19 @@ def _decode_nvimgcodec(jpegs: List[torch.Tensor], device) -> List[Optional[torch
     out = []
     for image in decoded:
         try:
-            out.append(None if image is None else torch.as_tensor(image, device=device).permute(2, 0, 1))  # HWC -> CHW
+            out.append(None if image is None else _as_torch(image, device).permute(2, 0, 1))  # HWC -> CHW
         except (RuntimeError, TypeError, ValueError):
             out.append(None)
     return out
+
+
+def _as_torch(image, device) -> torch.Tensor:
+    """A decoded nvImageCodec image as a tensor sharing its memory: DLPack (a C call), or the
+    CUDA array interface where DLPack is refused."""
+    try:
+        return torch.from_dlpack(image)
+    except (AttributeError, BufferError, RuntimeError, TypeError):
+        return torch.as_tensor(image, device=device)
 
 
 def _decode(jpegs: List[torch.Tensor], device, decoder: str = "auto") -> List[Optional[torch.Tensor]]:
@@ -97,24 +106,61 @@ def _center_box(h: int, w: int) -> Tuple[int, int, int, int]:
     return (h - side) // 2, (w - side) // 2, side, side
 
 
-def _resized_crops(stack: torch.Tensor, boxes: List[Tuple[int, int, int, int]], size: int) -> torch.Tensor:
-    """Crop each image of ``stack`` [n, 3, h, w] to its (top, left, height, width) box and
-    resize to ``size`` x ``size``: [n, 3, size, size]."""
-    n, _, h, w = stack.shape
-    box = torch.tensor(boxes, dtype=torch.float32, device=stack.device)  # [n, 4]
-    shrink = int(box[:, 2:].min().item() // size)
-    if shrink > 1:  # average k x k blocks first, so that bilinear sampling below does not alias
-        stack = F.avg_pool2d(stack, shrink)  # covers the first k * (h // k) rows, k * (w // k) columns
-        h, w = stack.shape[-2] * shrink, stack.shape[-1] * shrink
-    top, left, height, width = box.unbind(1)
-    # affine map from the output's [-1, 1] grid to the crop, in the input's [-1, 1] coordinates
-    theta = torch.zeros(n, 2, 3, device=stack.device)
-    theta[:, 0, 0] = width / w
-    theta[:, 0, 2] = (2 * left + width) / w - 1
-    theta[:, 1, 1] = height / h
-    theta[:, 1, 2] = (2 * top + height) / h - 1
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
-    return F.grid_sample(stack, grid, mode="bilinear", padding_mode="border", align_corners=False)
+def _to_device(rows: List[List[float]], device) -> torch.Tensor:
+    """A small host table -> float32 on ``device`` through pinned memory: a copy from pageable
+    memory would first wait for everything queued on the stream."""
+    table = torch.tensor(rows, dtype=torch.float32)
+    if torch.device(device).type == "cuda":
+        table = table.pin_memory()
+    return table.to(device, non_blocking=True)
+
+
+def _resized_crops(images: List[torch.Tensor], boxes: List[Tuple[int, int, int, int]], size: int) -> torch.Tensor:
+    """Crop each image [3, h, w] to its (top, left, height, width) box and resize it to
+    ``size`` x ``size``: [n, 3, size, size]. Boxes much larger than ``size`` are first shrunk
+    by an integer box filter (k x k averages, k = the box's short side // size), so that the
+    bilinear sampling does not alias; images are sampled together per k."""
+    groups: dict = {}
+    for i, (_, _, h, w) in enumerate(boxes):
+        groups.setdefault(max(1, min(h, w) // size), []).append(i)
+    parts = [_sample_crops([images[i] for i in idx], [boxes[i] for i in idx], size, k) for k, idx in groups.items()]
+    if len(parts) == 1:
+        return parts[0]
+    order = [i for idx in groups.values() for i in idx]
+    out = torch.empty(len(images), 3, size, size, device=images[0].device)
+    out[_to_device(order, out.device).long()] = torch.cat(parts)
+    return out
+
+
+def _sample_crops(images: List[torch.Tensor], boxes: List[Tuple[int, int, int, int]], size: int, k: int) -> torch.Tensor:
+    """One batched crop-and-resize: images of one size are stacked whole (shards written at one
+    size); images of several sizes have their boxes cut out into one zero canvas, so that a batch
+    of photos of many sizes costs one sampling, not one per size. Every number the sampling needs
+    is computed on the host: nothing here waits for the GPU."""
+    if len({tuple(im.shape) for im in images}) == 1:
+        canvas = torch.stack(images)  # [n, 3, h, w]
+        valid = [tuple(im.shape[1:]) for im in images]
+    else:
+        canvas = images[0].new_zeros(len(images), 3, max(b[2] for b in boxes), max(b[3] for b in boxes))
+        for j, (im, (top, left, h, w)) in enumerate(zip(images, boxes)):
+            canvas[j, :, :h, :w] = im[:, top : top + h, left : left + w]
+        valid = [(h, w) for _, _, h, w in boxes]
+        boxes = [(0, 0, h, w) for _, _, h, w in boxes]
+    x = canvas.float()
+    if k > 1:
+        x = F.avg_pool2d(x, k)  # the first k * (h // k) rows, k * (w // k) columns of the canvas
+    Hc, Wc = x.shape[-2:]
+    H, W = Hc * k, Wc * k  # the canvas extent the pooled pixels cover, in input pixels
+    rows = []
+    for (top, left, height, width), (h, w) in zip(boxes, valid):
+        # affine map from the output's [-1, 1] grid to the box in the canvas' [-1, 1] coordinates, and
+        # the centre of each image's last whole (pooled) pixel: sampling stops there as at a border
+        rows.append([width / W, 0.0, (2 * left + width) / W - 1, 0.0, height / H, (2 * top + height) / H - 1,
+                     (2 * (w // k) - 1) / Wc - 1, (2 * (h // k) - 1) / Hc - 1])
+    table = _to_device(rows, x.device)  # [n, 8]
+    grid = F.affine_grid(table[:, :6].view(-1, 2, 3), [len(images), 3, size, size], align_corners=False)
+    grid = torch.minimum(grid, table[:, None, None, 6:])  # [n, size, size, 2]
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def gpu_transform(jpegs: List[torch.Tensor], image_size: int, device,
@@ -123,22 +169,18 @@ def gpu_transform(jpegs: List[torch.Tensor], image_size: int, device,
 
     ``boxes`` [B, 4] holds each image's crop (top, left, height, width), as the data workers
     draw them (RandomResizedCrop's draw, seeded per sample as on the CPU path); None takes
-    the centred square. Images of one size are stacked and cropped-and-resized together: a
-    few kernels per distinct image size instead of one resize per image.
+    the centred square. The crops are resized together (_resized_crops): a few kernels per
+    batch, not one resize per image.
     """
     decoded = _decode(jpegs, device, decoder)
     keep = torch.tensor([d is not None for d in decoded])
     images = [d for d in decoded if d is not None]
     if boxes is not None:
         boxes = [tuple(b) for b, k in zip(boxes.tolist(), keep.tolist()) if k]
-    out = torch.empty(len(images), 3, image_size, image_size, device=device)
-    groups = {}
-    for i, img in enumerate(images):
-        groups.setdefault(tuple(img.shape[1:]), []).append(i)
-    for (h, w), idx in groups.items():
-        group_boxes = [boxes[i] if boxes is not None else _center_box(h, w) for i in idx]
-        stack = torch.stack([images[i] for i in idx]).float()  # [n, 3, h, w]
-        out[torch.tensor(idx, device=device)] = _resized_crops(stack, group_boxes, image_size)
-    mean = torch.tensor(OPENAI_MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(OPENAI_STD, device=device).view(1, 3, 1, 1) * 255
+    else:
+        boxes = [_center_box(*im.shape[1:]) for im in images]
+    if not images:
+        return torch.empty(0, 3, image_size, image_size, device=device), keep
+    out = _resized_crops(images, boxes, image_size)
+    mean, std = (_to_device([[255 * v for v in values]], device).view(1, 3, 1, 1) for values in (OPENAI_MEAN, OPENAI_STD))
     return (out - mean) / std, keep

@@ -66,9 +66,9 @@ class TrainConfig:
     accum_steps: int = 1  # micro-batches per step, exactly equivalent to the big batch (gradient caching)
     precision: str = "no"  # no | bf16 | fp16 (accelerate mixed precision)
     grad_checkpointing: bool = False
-    # each caption costs its own length (exact; models/text_transformer.forward_packed). Unset: packed when the
-    # step runs eagerly, batches trimmed to their longest caption under compile (faster on Flickr8k-length captions)
-    pack_text: Optional[bool] = None
+    # each caption costs its own length (exact; models/packing.py, packed on the host so the compiled step never
+    # waits); false: each batch cut to its longest caption. Packed was faster eager and compiled (docs/benchmarks.md)
+    pack_text: bool = True
     fp8: bool = False  # attention and MLP projections in FP8 (models/fp8.py; Hopper GPUs, with precision=bf16)
     compile: bool = False
     freeze: List[str] = field(default_factory=list)  # parts or parameter patterns (models/parts.py), e.g. "image" for LiT
@@ -203,10 +203,7 @@ def resolve(path: Optional[str], overrides: List[str] = ()) -> TrainConfig:
 
 
 def _derive(cfg: TrainConfig) -> TrainConfig:
-    """Values that follow from others: SigLIP starts at bias -10 and temperature 10 (as its paper); packed
-    text unless compiled (docs/benchmarks.md, packed text)."""
-    if cfg.pack_text is None:
-        cfg = dataclasses.replace(cfg, pack_text=not cfg.compile)
+    """Values that follow from others: SigLIP starts at bias -10 and temperature 10 (as its paper)."""
     if cfg.loss == "siglip" and not cfg.init_from and "init_logit_bias" not in cfg.model_overrides:
         overrides = {"init_logit_bias": -10.0, "init_logit_scale": math.log(10), **cfg.model_overrides}
         cfg = dataclasses.replace(cfg, model_overrides=overrides)
