@@ -12,6 +12,7 @@
 #   bash bench/gpu_issue12.sh 9 DATA_DIR OUT_DIR   # final: ViT-B/32 b512 both caption files; data-fed 256 px (packed text pinned)
 #   bash bench/gpu_issue12.sh 10 DATA_DIR OUT_DIR  # ViT-B/32 both caption files again, 48 steps, with the host's time per step
 #   bash bench/gpu_issue12.sh 11 DATA_DIR OUT_DIR  # data-fed again after the GPU crop path stopped waiting on the GPU
+#   bash bench/gpu_issue12.sh 12 DATA_DIR OUT_DIR  # nvImageCodec data-fed with the CUDA array interface again (DLPack reverted)
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -74,6 +75,14 @@ case $PART in
       --maxcount 125 2>&1 | tail -1
   timeout 150 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants gpu_decode nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet ;;
+12)
+  timeout 60 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet | grep nvimgcodec
+  timeout 130 $PY bench/data_fed.py --samples 30000 --workers 14 --variants nvimgcodec \
+      --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s" | tail -4
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+  timeout 100 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
+      --variants nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet | tail -4 ;;
 7)
   timeout 200 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec \
       --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s"

@@ -73,19 +73,11 @@ def _decode_nvimgcodec(jpegs: List[torch.Tensor], device) -> List[Optional[torch
     out = []
     for image in decoded:
         try:
-            out.append(None if image is None else _as_torch(image, device).permute(2, 0, 1))  # HWC -> CHW
+            # through the CUDA array interface: torch.from_dlpack measured slower here (docs/benchmarks.md)
+            out.append(None if image is None else torch.as_tensor(image, device=device).permute(2, 0, 1))  # HWC -> CHW
         except (RuntimeError, TypeError, ValueError):
             out.append(None)
     return out
-
-
-def _as_torch(image, device) -> torch.Tensor:
-    """A decoded nvImageCodec image as a tensor sharing its memory: DLPack (a C call), or the
-    CUDA array interface where DLPack is refused."""
-    try:
-        return torch.from_dlpack(image)
-    except (AttributeError, BufferError, RuntimeError, TypeError):
-        return torch.as_tensor(image, device=device)
 
 
 def _decode(jpegs: List[torch.Tensor], device, decoder: str = "auto") -> List[Optional[torch.Tensor]]:
