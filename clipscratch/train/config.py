@@ -40,7 +40,9 @@ class DataConfig:
     samples_per_epoch: int = 0  # resampled mode: samples per epoch over all processes
     trim_text: bool = True  # cut each batch of tokens to its longest caption
     gpu_decode: bool = False  # decode and augment JPEGs on the GPU (workers only read and tokenise)
-    jpeg_decoder: str = "auto"  # gpu_decode's decoder: nvimgcodec (hardware engines), torchvision (nvJPEG), auto
+    # gpu_decode's decoder: torchvision (nvJPEG; fed training faster in every H100 run, docs/benchmarks.md),
+    # nvimgcodec (the hardware JPEG engines, pip install ".[gpu]"), auto (nvimgcodec when installed)
+    jpeg_decoder: str = "torchvision"
     augment_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale
 
 
