@@ -307,8 +307,9 @@ def test_patch_embedding_as_a_matrix_product_equals_the_convolution(size):
 
 def test_gpu_decode_crops_of_photos_of_many_sizes_equal_each_photo_cropped_alone(shared_data):
     """A batch of real Flickr8k photos of several sizes is cut into one canvas per shrink factor
-    and sampled together (_sample_crops); each crop equals the same photo's crop computed alone
-    (where the box edges fall on whole shrink blocks, as here), and the batch keeps its order."""
+    and sampled together (_sample_crops); each crop equals its box cut out of the photo and
+    resized alone (sampling stops at the box's edges, never blending in the canvas' zeros), and
+    the batch keeps its order."""
     import glob
     import os
 
@@ -320,13 +321,15 @@ def test_gpu_decode_crops_of_photos_of_many_sizes_equal_each_photo_cropped_alone
     for path in sorted(glob.glob(os.path.join(shared_data, "flickr8k-1000", "images", "*.jpg"))):
         with Image.open(path) as im:
             by_size.setdefault(im.size, path)
-    wanted = [(500, 375), (200, 150), (500, 333)]  # (width, height), three sizes the folder holds
+    wanted = [(500, 375), (200, 150), (500, 333), (150, 200)]  # (width, height), four sizes the folder holds
     images = [decode_jpeg(torch.frombuffer(bytearray(open(by_size[s], "rb").read()), dtype=torch.uint8),
                           mode=ImageReadMode.RGB) for s in wanted]
-    boxes = [(36, 90, 250, 230), (10, 5, 120, 130), (20, 40, 240, 250)]  # shrink factors 2, 1, 2 at size 112
+    # shrink factors 2, 1, 2, 1 at size 112; the last box is enlarged (100 x 110 -> 112) and smaller than its canvas
+    boxes = [(36, 90, 250, 230), (10, 5, 120, 130), (20, 40, 240, 250), (60, 20, 100, 110)]
     together = _resized_crops(images, boxes, 112)
-    alone = torch.cat([_resized_crops([im], [b], 112) for im, b in zip(images, boxes)])
-    assert together.shape == (3, 3, 112, 112)
+    alone = torch.cat([_resized_crops([im[:, t : t + h, l : l + w]], [(0, 0, h, w)], 112)
+                       for im, (t, l, h, w) in zip(images, boxes)])
+    assert together.shape == (4, 3, 112, 112)
     # float32 sampling coordinates differ by ~1e-7 of the canvas width (<= 500 px) between the two, and a
     # photo's sharpest edge is at most 255 grey levels a pixel: at most ~0.02. A one-pixel shift: tens.
     assert (together - alone).abs().max() < 2e-2
