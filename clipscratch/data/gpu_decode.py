@@ -54,9 +54,10 @@ def nvimgcodec_available() -> bool:
     return True
 
 
-# The last batch's decoded images per CUDA stream, handed back to the decoder to be refilled: their
-# device buffers are reused instead of freed and allocated again (a free waits for the whole GPU).
-# Reuse is safe on the stream that decoded them, where every use of the last batch comes first.
+# Per device, the last batch's decoded images and the CUDA stream that decoded them, handed back
+# to the decoder to be refilled: their buffers are reused instead of freed and allocated again (a
+# free waits for the whole GPU). Reuse is safe on that same stream, where every use of the last
+# batch comes first; a batch on another stream (the next epoch's prefetch) starts afresh.
 _reusable: dict = {}
 
 
@@ -66,10 +67,11 @@ def _decode_nvimgcodec(jpegs: List[torch.Tensor], device) -> List[Optional[torch
     device = torch.device(device)
     decoder = _nvimgcodec_decoder(device.index if device.index is not None else torch.cuda.current_device())
     stream = torch.cuda.current_stream(device).cuda_stream
-    previous = [im for im in _reusable.get((device, stream), []) if im is not None]
+    last_stream, last = _reusable.get(device, (None, []))
+    previous = [im for im in last if im is not None] if last_stream == stream else []
     reuse = previous[: len(jpegs)] if len(previous) >= len(jpegs) else None
     decoded = decoder.decode([j.numpy() for j in jpegs], images=reuse, cuda_stream=stream)
-    _reusable[(device, stream)] = decoded
+    _reusable[device] = (stream, decoded)
     out = []
     for image in decoded:
         try:
@@ -98,10 +100,10 @@ def _center_box(h: int, w: int) -> Tuple[int, int, int, int]:
     return (h - side) // 2, (w - side) // 2, side, side
 
 
-def _to_device(rows: List[List[float]], device) -> torch.Tensor:
-    """A small host table -> float32 on ``device`` through pinned memory: a copy from pageable
-    memory would first wait for everything queued on the stream."""
-    table = torch.tensor(rows, dtype=torch.float32)
+def _to_device(rows: list, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small host table -> ``device`` through pinned memory: a copy from pageable memory would
+    first wait for everything queued on the stream."""
+    table = torch.tensor(rows, dtype=dtype)
     if torch.device(device).type == "cuda":
         table = table.pin_memory()
     return table.to(device, non_blocking=True)
@@ -120,7 +122,7 @@ def _resized_crops(images: List[torch.Tensor], boxes: List[Tuple[int, int, int, 
         return parts[0]
     order = [i for idx in groups.values() for i in idx]
     out = torch.empty(len(images), 3, size, size, device=images[0].device)
-    out[_to_device(order, out.device).long()] = torch.cat(parts)
+    out[_to_device(order, out.device, torch.long)] = torch.cat(parts)
     return out
 
 
