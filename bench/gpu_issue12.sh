@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12's GPU measurements in three parts of under 10 minutes each (one H100 per part):
+# Issue 12's GPU measurements in parts of under 10 minutes each (one H100 per part):
 #   bash bench/gpu_issue12.sh 1 DATA_DIR OUT_DIR   # ViT-B/32 b512: Flickr8k and Hateful Memes lengths, eager and compiled
 #   bash bench/gpu_issue12.sh 2 DATA_DIR OUT_DIR   # ViT-B/16 b256 (bf16 / FP8, compiled) and ViT-L/14 b128 (eager)
 #   bash bench/gpu_issue12.sh 3 DATA_DIR OUT_DIR   # largest batch with real lengths; data-fed from real JPEG shards
@@ -12,13 +12,23 @@
 #   bash bench/gpu_issue12.sh 9 DATA_DIR OUT_DIR   # final: ViT-B/32 b512 both caption files; data-fed 256 px (packed text pinned)
 #   bash bench/gpu_issue12.sh 10 DATA_DIR OUT_DIR  # ViT-B/32 both caption files again, 48 steps, with the host's time per step
 #   bash bench/gpu_issue12.sh 11 DATA_DIR OUT_DIR  # data-fed again after the GPU crop path stopped waiting on the GPU
-#   bash bench/gpu_issue12.sh 12 DATA_DIR OUT_DIR  # nvImageCodec data-fed with the CUDA array interface again (DLPack reverted)
+#   bash bench/gpu_issue12.sh 12 DATA_DIR OUT_DIR  # nvImageCodec data-fed with the CUDA array interface again (DLPack reverted;
+#                                                   its recorded run used 130 s / 100 s time limits)
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
 PY=${PYTHON:-python3}
 FLICKR="$D/flickr8k-captions/Flickr8k.token.txt"; MEMES="$D/hateful-memes-text/train.jsonl"
 quiet() { grep -vE "^W[0-9]{4}|Online softmax|split the reduction|important use case|softmax\.$|^$"; }
+# data-fed from the 256-px shapes shards, then from the Flickr8k photos as they are: $1 and $2 are the variants
+data_fed() {
+  timeout 200 $PY bench/data_fed.py --samples 30000 --workers 14 --variants $1 \
+      --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s"
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+  timeout 150 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
+      --variants $2 --json "$O/data_fed_flickr.json" 2>&1 | quiet
+}
 case $PART in
 1)
   $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_flickr_eager.json" \
@@ -69,25 +79,10 @@ case $PART in
       --json "$O/b32_both_again.json" --variants open_clip clipscratch:packed 2>&1 | quiet ;;
 11)
   timeout 90 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet | grep nvimgcodec
-  timeout 200 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec \
-      --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s"
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
-  timeout 150 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
-      --variants gpu_decode nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet ;;
+  data_fed "gpu_decode nvimgcodec" "gpu_decode nvimgcodec" ;;
 12)
   timeout 60 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet | grep nvimgcodec
-  timeout 130 $PY bench/data_fed.py --samples 30000 --workers 14 --variants nvimgcodec \
-      --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s" | tail -4
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
-  timeout 100 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
-      --variants nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet | tail -4 ;;
+  data_fed nvimgcodec nvimgcodec ;;
 7)
-  timeout 200 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec \
-      --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s"
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
-  timeout 150 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
-      --variants uint8 nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet ;;
+  data_fed "gpu_decode nvimgcodec" "uint8 nvimgcodec" ;;
 esac
