@@ -9,7 +9,7 @@
 #   bash bench/gpu_issue12.sh 6 DATA_DIR OUT_DIR   # ViT-B/16 b256 compiled, Flickr8k lengths: bf16 and FP8
 #   bash bench/gpu_issue12.sh 7 DATA_DIR OUT_DIR   # data-fed from 256-px shards and from the Flickr8k photos as they are
 #   bash bench/gpu_issue12.sh 8 DATA_DIR OUT_DIR   # attention kernels at CLIP's shapes; ViT-B/32 with the patch embedding as a matmul
-#   bash bench/gpu_issue12.sh 9 DATA_DIR OUT_DIR   # final: ViT-B/32 b512 both caption files; data-fed 256 px (packed text pinned)
+#   bash bench/gpu_issue12.sh 9 DATA_DIR OUT_DIR   # ViT-B/32 b512 both caption files; data-fed 256 px (packed text pinned)
 #   bash bench/gpu_issue12.sh 10 DATA_DIR OUT_DIR  # ViT-B/32 both caption files again, 48 steps, with the host's time per step
 #   bash bench/gpu_issue12.sh 11 DATA_DIR OUT_DIR  # data-fed again after the GPU crop path stopped waiting on the GPU
 #   bash bench/gpu_issue12.sh 12 DATA_DIR OUT_DIR  # nvImageCodec data-fed with the CUDA array interface again (DLPack reverted;
