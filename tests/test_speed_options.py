@@ -333,3 +333,25 @@ def test_gpu_decode_crops_of_photos_of_many_sizes_equal_each_photo_cropped_alone
     # float32 sampling coordinates differ by ~1e-7 of the canvas width (<= 500 px) between the two, and a
     # photo's sharpest edge is at most 255 grey levels a pixel: at most ~0.02. A one-pixel shift: tens.
     assert (together - alone).abs().max() < 2e-2
+
+
+def test_packed_text_reaches_the_full_context_on_hateful_memes_text(shared_data):
+    """Web-like text: Hateful Memes captions of every length, the longest cut at the full
+    77-token context, packed on the host (pack_tokens) give the padded batch's features
+    (float64: to rounding), positions up to the last one included."""
+    import os
+
+    from clipscratch.data.captions import read_table
+    from clipscratch.models.packing import pack_tokens
+
+    captions = [c for r in read_table(os.path.join(shared_data, "hateful-memes-text", "train.jsonl")) for c in r.captions]
+    tokens = clipscratch.tokenize(captions, truncate=True)
+    lengths = tokens.argmax(-1) + 1
+    order = lengths.argsort()
+    batch = tokens[torch.cat([order[:20], order[-20:]])]  # the shortest and the longest, five of them 77 tokens
+    packed = pack_tokens(batch)
+    assert packed.layout.shape == (40, 77) and int(packed.positions.max()) == 76
+    a, _ = _pair()
+    a = a.double()
+    with torch.no_grad():
+        assert _rel(a.encode_text(packed), a.encode_text(batch)) <= 1e-12
