@@ -355,3 +355,13 @@ def test_packed_text_reaches_the_full_context_on_hateful_memes_text(shared_data)
     a = a.double()
     with torch.no_grad():
         assert _rel(a.encode_text(packed), a.encode_text(batch)) <= 1e-12
+
+
+def test_packed_text_longer_than_the_context_is_refused_in_one_line():
+    from clipscratch.errors import TextTooLongError
+    from clipscratch.models.packing import pack_tokens
+
+    a, _ = _pair()
+    long = clipscratch.tokenize(["word " * 78], context_length=80, truncate=True)  # 80 tokens with start and end
+    with pytest.raises(TextTooLongError, match="a caption has 80 tokens, more than this model's context_length=77"):
+        a.encode_text(pack_tokens(long))

@@ -45,10 +45,12 @@ class TextTransformer(nn.Module):
         if text.shape[1] <= self.context_length:
             return text
         if text[:, self.context_length :].any():
-            longest = int((text != 0).sum(1).max())
-            raise TextTooLongError(f"a caption has {longest} tokens, more than this model's context_length={self.context_length}; "
-                             f"tokenize with clipscratch.tokenize(texts, context_length={self.context_length}, truncate=True)")
+            raise self._too_long(int((text != 0).sum(1).max()))
         return text[:, : self.context_length]
+
+    def _too_long(self, longest: int) -> TextTooLongError:
+        return TextTooLongError(f"a caption has {longest} tokens, more than this model's context_length={self.context_length}; "
+                                f"tokenize with clipscratch.tokenize(texts, context_length={self.context_length}, truncate=True)")
 
     def tokens(self, text: torch.Tensor) -> torch.Tensor:
         """Token ids [B, T] -> final hidden states [B, T', width] (after ln_final), T' = min(T, context)."""
@@ -73,8 +75,7 @@ class TextTransformer(nn.Module):
         LayerNorms, MLPs and projections run on the packed sequence [N, width], attention on
         each caption's own tokens (packing.packed_attention)."""
         if packed.layout.shape[1] > self.context_length:
-            raise TextTooLongError(f"a caption has {packed.layout.shape[1]} tokens, more than this model's "
-                                   f"context_length={self.context_length}")
+            raise self._too_long(packed.layout.shape[1])
         x = self.token_embedding(packed.ids) + self.positional_embedding[packed.positions]  # [N, width]
         x = self.ln_final(self.transformer(x, causal=True, packing=packed))  # [N, width]
         return x[packed.ends] @ self.text_projection  # [B, embed_dim]: each caption's end token
