@@ -60,6 +60,11 @@ def main():
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
+    p.add_argument("--switch-intervals", nargs="+", type=float, default=[2e-4],
+                   help="the interpreter's thread switch interval (s) while the prefetch thread runs, one row each "
+                        "(Python's own: 0.005; the trainer's: prefetch_to_device's default)")
+    p.add_argument("--gpu-busy", action="store_true",
+                   help="also profile 8 fed steps of each row: GPU busy time and kernel time per CUDA stream")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -114,8 +119,10 @@ def main():
     fixed = to_gpu(next(it))
     del it
     rows = {"synthetic": timed(iter(lambda: fixed, None))}
-    text_len = int(fixed[1].layout.shape[1])
     extra = {}
+    if args.gpu_busy:
+        extra["synthetic_gpu_busy"] = gpu_busy(step, iter(lambda: fixed, None), sync)
+    text_len = int(fixed[1].layout.shape[1])
     for name in args.variants:
         kind, _ = VARIANTS[name]
         it = iter(loader(kind))
@@ -123,10 +130,17 @@ def main():
             b = next(it)
             extra[f"{name}_profile_ms"] = profile_gpu_decode(unpack_jpegs(b["images"], b["jpeg_ends"]), b.get("boxes"),
                                                             gpu_transform, dev, size, sync, kind)
-        # as the trainer does: the next batches are moved (decoded) in a thread on a side stream
-        batches = prefetch_to_device(it, lambda b, kind=kind: to_gpu(b, kind), torch.device(dev), depth=args.prefetch)
-        rows[name] = timed(moved for _, moved in batches)
-        batches.close()
+        for interval in args.switch_intervals:
+            row = name if len(args.switch_intervals) == 1 else f"{name}@{interval * 1e3:g}ms"
+            # as the trainer does: the next batches are moved (decoded) in a thread on a side stream
+            batches = prefetch_to_device(it, lambda b, kind=kind: to_gpu(b, kind), torch.device(dev), depth=args.prefetch,
+                                         switch_interval=interval)
+            fed = (moved for _, moved in batches)
+            rows[row] = timed(fed)
+            if args.gpu_busy:
+                extra[f"{row}_gpu_busy"] = gpu_busy(step, fed, sync)
+                print(row, json.dumps(extra[f"{row}_gpu_busy"]), flush=True)
+            batches.close()
         del it
     res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": text_len,
            "compile_mode": args.compile_mode, "prefetch": args.prefetch,
@@ -137,10 +151,44 @@ def main():
     print(json.dumps(res, indent=2))
     print("\n| feeding | step | samples/s | vs synthetic |\n|---|---|---|---|")
     for k, v in rows.items():
-        label = VARIANTS[k][1] if k in VARIANTS else "synthetic on-GPU batch"
+        name, _, interval = k.partition("@")
+        label = (VARIANTS[name][1] + (f", switch interval {interval}" if interval else "") if name in VARIANTS
+                 else "synthetic on-GPU batch")
         print(f"| {label} | {v * 1000:.1f} ms | {args.batch / v:,.0f} | {100 * (v / rows['synthetic'] - 1):+.0f}% |")
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2)
+
+
+def gpu_busy(step, batches, sync, steps=8):
+    """Profile ``steps`` fed steps (CUDA activity only): per step, the wall time, the time the
+    GPU ran any kernel or copy (the union over streams) and the kernel time of each stream. Busy
+    close to wall: the GPU sets the pace (the decode's kernels take SM time from the step); busy
+    well under wall: the GPU waits for the host."""
+    import collections
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            step(*next(batches))
+        sync()
+        wall = time.perf_counter() - t
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name))["traceEvents"]
+    work = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    by_stream = collections.Counter()
+    for e in work:
+        by_stream[str(e.get("args", {}).get("stream"))] += e["dur"]
+    busy, end = 0.0, float("-inf")
+    for start, stop in sorted((e["ts"], e["ts"] + e["dur"]) for e in work):
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return {"wall_ms": wall / steps * 1e3, "gpu_busy_ms": busy / steps / 1e3,
+            "kernel_ms_by_stream": {k: v / steps / 1e3 for k, v in by_stream.most_common()}}
 
 
 def profile_gpu_decode(jpegs, boxes, gpu_transform, dev, size, sync, decoder):

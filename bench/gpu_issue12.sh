@@ -14,6 +14,10 @@
 #   bash bench/gpu_issue12.sh 11 DATA_DIR OUT_DIR  # data-fed again after the GPU crop path stopped waiting on the GPU
 #   bash bench/gpu_issue12.sh 12 DATA_DIR OUT_DIR  # nvImageCodec data-fed with the CUDA array interface again (DLPack reverted;
 #                                                   its recorded run used 130 s / 100 s time limits)
+#   bash bench/gpu_issue12.sh 13 DATA_DIR OUT_DIR  # data-fed 256 px at the interpreter's 5 ms and 0.2 ms thread switch
+#                                                   interval, with the GPU's busy time; largest batch with MLP recompute
+#   bash bench/gpu_issue12.sh 14 DATA_DIR OUT_DIR  # nvImageCodec buffer reuse check; ViT-B/32 speed with MLP recompute;
+#                                                   data-fed from the Flickr8k photos at both switch intervals
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -85,4 +89,18 @@ case $PART in
   data_fed nvimgcodec nvimgcodec ;;
 7)
   data_fed "gpu_decode nvimgcodec" "uint8 nvimgcodec" ;;
+13)
+  timeout 300 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec \
+      --switch-intervals 0.005 0.0002 --gpu-busy --json "$O/data_fed_256_switch.json" 2>&1 | quiet | grep -v "img/s"
+  timeout 260 $PY bench/max_batch.py --captions "$FLICKR" --models ViT-B-32 --checkpointing no \
+      --impls open_clip clipscratch:packed clipscratch:packed:recompute --json "$O/max_batch_flickr.json" 2>&1 | quiet ;;
+14)
+  timeout 60 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet | grep nvimgcodec
+  timeout 300 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_recompute.json" \
+      --variants open_clip clipscratch:packed clipscratch:packed:recompute 2>&1 | quiet
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+  timeout 170 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
+      --variants gpu_decode nvimgcodec --switch-intervals 0.005 0.0002 --gpu-busy --json "$O/data_fed_flickr_switch.json" \
+      2>&1 | quiet ;;
 esac

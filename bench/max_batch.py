@@ -5,6 +5,10 @@ gradient checkpointing (bf16 autocast, AdamW, the CLIP loss).
     python bench/max_batch.py --impls clipscratch --text-len 20           # captions trimmed to 20 tokens
     python bench/max_batch.py --captions ../shared/data/flickr8k-captions/Flickr8k.token.txt \
         --impls open_clip clipscratch:packed clipscratch:trimmed          # real caption lengths
+        ... --impls open_clip clipscratch:packed clipscratch:packed:recompute --checkpointing no
+
+Besides the largest batch, each row gives what one more sample costs (the peak memory's slope
+between batches 256 and 512) and the fixed part (weights, gradients, optimizer state).
 
 With --captions every batch is real captions drawn from the file: open_clip pads them to 77
 tokens (as its users run it), clipscratch:packed computes each caption's own length,
@@ -34,7 +38,13 @@ def make_tokens(batch: int, text_len: int, captions) -> torch.Tensor:
 
 
 def fits(impl, name, batch, ckpt, text_len=77, captions=None) -> bool:
+    return peak_bytes(impl, name, batch, ckpt, text_len, captions) is not None
+
+
+def peak_bytes(impl, name, batch, ckpt, text_len=77, captions=None):
+    """Peak GPU memory of two training steps at ``batch`` (None: out of memory)."""
     model = opt = images = tokens = None
+    torch.cuda.reset_peak_memory_stats()
     try:
         model, scale_fn, mode = build(impl, name)
         model = model.cuda().train()
@@ -50,9 +60,9 @@ def fits(impl, name, batch, ckpt, text_len=77, captions=None) -> bool:
             opt.step()
             opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
-        return True
+        return torch.cuda.max_memory_allocated()
     except torch.OutOfMemoryError:
-        return False
+        return None
     finally:
         del model, opt, images, tokens
         torch.cuda.empty_cache()
@@ -79,6 +89,8 @@ def main():
                    help="clipscratch's text length: with data.trim_text (the default) a batch is cut to its longest "
                         "caption; open_clip always runs 77")
     p.add_argument("--captions", help="a caption file: batches of its real captions instead of --text-len tokens")
+    p.add_argument("--checkpointing", nargs="+", choices=["no", "yes"], default=["no", "yes"],
+                   help="rows without and/or with gradient checkpointing")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "max_batch.json"))
     args = p.parse_args()
     captions = None
@@ -88,19 +100,29 @@ def main():
         captions = [c for r in read_table(args.captions) for c in r.captions]
     rows = []
     for name in args.models:
-        for ckpt in (False, True):
+        for ckpt in [c == "yes" for c in args.checkpointing]:
             for impl in args.impls:
                 text_len = 77 if impl == "open_clip" or captions else args.text_len
-                b = largest(impl if ":" in impl or impl == "open_clip" else "clipscratch:77", name, ckpt, text_len, captions)
+                variant = impl if ":" in impl or impl == "open_clip" else "clipscratch:77"
+                b = largest(variant, name, ckpt, text_len, captions)
+                # what one more sample costs: the peak's slope between two batches (the fixed part, weights and
+                # optimizer state, cancels)
+                small, large = (peak_bytes(variant, name, n, ckpt, text_len, captions) for n in (256, 512))
+                per_sample = (large - small) / 256 if small and large else None
                 rows.append({"model": name, "impl": impl, "grad_checkpointing": ckpt, "captions": args.captions or "",
-                             "text_len": "real" if captions else text_len, "max_batch": b})
+                             "text_len": "real" if captions else text_len, "max_batch": b,
+                             "mib_per_sample": per_sample and per_sample / 2 ** 20,
+                             "fixed_gib": per_sample and (small - 256 * per_sample) / 2 ** 30})
                 print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{torch.cuda.get_device_name()}\n| model | grad ckpt | impl | text tokens | largest batch | vs open_clip |\n|---|---|---|---|---|---|")
+    print(f"\n{torch.cuda.get_device_name()}\n| model | grad ckpt | impl | text tokens | largest batch | vs open_clip "
+          "| MiB per sample | fixed GiB |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next((x for x in rows if x["impl"] == "open_clip" and x["model"] == r["model"]
                     and x["grad_checkpointing"] == r["grad_checkpointing"]), None)
         ratio = f"{r['max_batch'] / max(1, ref['max_batch']):.2f}x" if ref else "-"
-        print(f"| {r['model']} | {r['grad_checkpointing']} | {r['impl']} | {r['text_len']} | {r['max_batch']:,} | {ratio} |")
+        per, fixed = (f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("mib_per_sample", "fixed_gib"))
+        print(f"| {r['model']} | {r['grad_checkpointing']} | {r['impl']} | {r['text_len']} | {r['max_batch']:,} | {ratio} "
+              f"| {per} | {fixed} |")
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=2)
 

@@ -11,6 +11,7 @@ rotated), tokenised; the two implementations see the same tokens:
   clipscratch:trimmed  the batch cut to its longest caption
   clipscratch:77       77 tokens, as open_clip
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
+  ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
   ...@eager            without torch.compile (the default compiles the step)
 Synthetic images on the GPU, random init, bf16 autocast, fused AdamW, the CLIP loss; model
 FLOPs are counted (torch.utils.flop_counter, one forward+backward) on the tokens each variant
@@ -72,6 +73,7 @@ def build(variant: str, name: str):
     mode = options[0] if options else "packed"
     model.set_text_packing(mode == "packed")
     model.set_fp8("fp8" in options)
+    model.set_mlp_recompute("recompute" in options)
     return model, model.scale, mode
 
 

@@ -31,13 +31,33 @@ def _pair(**overrides):
     return a, b
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
-    plain, ckpt = _pair()
-    ckpt.set_grad_checkpointing(True)
+def _saved_bytes(model, batch) -> int:
+    """Bytes of the tensors autograd keeps for the backward of one loss (each storage once)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        plain_step(model, batch, ClipLoss(), lambda l: None)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("setter", ["set_grad_checkpointing", "set_mlp_recompute"])
+def test_recomputation_gives_the_same_loss_and_gradients_and_keeps_less(setter):
+    """Gradient checkpointing (each block again) and MLP recomputation (LayerNorm and the MLP
+    again) run the same float32 kernels on the same inputs: the same loss and gradients, bit for
+    bit; and autograd keeps fewer bytes (the MLP's [B, T, 4C] hidden activations are gone)."""
+    plain, other = _pair()
+    getattr(other, setter)(True)
     la, ga = _loss_and_grads(plain, _batch())
-    lb, gb = _loss_and_grads(ckpt, _batch())
-    assert la == pytest.approx(lb, abs=1e-6)
-    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(ga, gb))
+    lb, gb = _loss_and_grads(other, _batch())
+    assert la == lb
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+    vision = other.visual.transformer  # its MLPs' hidden activations alone: two [6, T, 4C] fp32 tensors per block
+    hidden = vision.layers * 2 * 6 * other.visual.positional_embedding.shape[0] * 4 * vision.width * 4
+    assert _saved_bytes(plain, _batch()) - _saved_bytes(other, _batch()) >= hidden
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -194,6 +214,7 @@ def test_gpu_decode_crops_land_where_pils_resized_crop_puts_them():
 
 
 def test_prefetch_to_device_keeps_order_stops_early_and_raises():
+    import sys
     import threading
 
     from clipscratch.data.prefetch import prefetch_to_device
@@ -202,7 +223,13 @@ def test_prefetch_to_device_keeps_order_stops_early_and_raises():
         return (b["x"] * 2, [b["x"] + 1])
 
     batches = [{"x": torch.full((3,), float(i))} for i in range(20)]
-    out = list(prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True))
+    interval = sys.getswitchinterval()
+    seen = []
+    out = []
+    for item in prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True, switch_interval=1e-4):
+        seen.append(sys.getswitchinterval())  # the GIL changes hands every 0.1 ms while the thread runs
+        out.append(item)
+    assert seen == pytest.approx([1e-4] * 20) and sys.getswitchinterval() == interval  # and the interpreter's own afterwards
     assert [b["x"][0].item() for b, _ in out] == list(range(20))
     assert all(torch.equal(m[0], b["x"] * 2) and torch.equal(m[1][0], b["x"] + 1) for b, m in out)
     sequential = list(prefetch_to_device(iter(batches), double, "cpu"))  # the CPU default: no thread
@@ -212,7 +239,7 @@ def test_prefetch_to_device_keeps_order_stops_early_and_raises():
     for i, (batch, _) in enumerate(prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True)):
         if i == 3:
             break  # the generator closes: its thread must end, not hang on a full queue
-    assert threading.active_count() == before
+    assert threading.active_count() == before and sys.getswitchinterval() == interval
 
     def failing():
         yield {"x": torch.zeros(1)}
@@ -220,6 +247,7 @@ def test_prefetch_to_device_keeps_order_stops_early_and_raises():
 
     with pytest.raises(ValueError, match="corrupt shard"):
         list(prefetch_to_device(failing(), double, "cpu", threaded=True))
+    assert sys.getswitchinterval() == interval
 
 
 def test_fp8_linear_is_the_scaled_product_it_claims_and_close_to_float32():
@@ -267,11 +295,12 @@ def test_fp8_model_gradients_point_where_float32_ones_do():
     assert len(cosines) == 22 and min(cosines) > 0.95
 
 
-def test_text_packed_on_the_host_compiles_once_for_every_caption_length(shared_data):
+@pytest.mark.parametrize("recompute_mlp", [False, True])
+def test_text_packed_on_the_host_compiles_once_for_every_caption_length(shared_data, recompute_mlp):
     """The training loop packs each batch on the host (prefetch.to_device with pack_text), so
     the compiled model sees no data-dependent shape: one graph without a break (fullgraph), with
     N and T dynamic from the start, for batches of real captions of any lengths; the loss and
-    gradients are the padded batch's."""
+    gradients are the padded batch's. The same with the MLPs recomputed in the backward."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     from clipscratch.models.packing import pack_tokens
@@ -281,6 +310,7 @@ def test_text_packed_on_the_host_compiles_once_for_every_caption_length(shared_d
     shapes = {(tuple(p.layout.shape), p.ids.shape[0]) for p in map(pack_tokens, batches)}
     assert len(shapes) == 4
     a, b = _pair()
+    b.set_mlp_recompute(recompute_mlp)
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(b, backend=counter, fullgraph=True)
     torch._dynamo.reset()

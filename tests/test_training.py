@@ -320,9 +320,10 @@ def test_siglip_gradient_caching_and_locked_image_tuning_train_end_to_end(tmp_pa
 
 def test_gpu_decode_option_trains_end_to_end_on_cpu(tmp_path):
     """data.gpu_decode on the CPU: packed JPEG batches from a worker, crops drawn there,
-    decoded and resampled in the trainer; the loss falls well below chance."""
+    decoded and resampled in the trainer; the loss falls well below chance (with the MLPs
+    recomputed in the backward)."""
     out = tmp_path / "gd"
-    _finish(_tiny(tmp_path, "data.gpu_decode=true", f"output_dir={out}", "evals={}"))
+    _finish(_tiny(tmp_path, "data.gpu_decode=true", "recompute_mlp=true", f"output_dir={out}", "evals={}"))
     losses = [loss for _, loss in _losses(out)]
     assert len(losses) == 48 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-5:]) / 5 < 0.8 * math.log(BATCH), losses

@@ -3,10 +3,17 @@ background thread while the GPU trains on the current one.
 
 On the CPU (unless ``threaded=True``, which the tests use) or with ``depth=0``, batches are
 moved one by one in the calling thread.
+
+While the thread runs, the interpreter hands the GIL between threads every ``switch_interval``
+seconds instead of Python's 5 ms: every CUDA kernel launch of the training thread (an eager op
+or a line of Inductor's wrapper) releases the GIL and takes it back, and with the default the
+training thread waited up to 5 ms each time the prefetch thread was running Python
+(docs/benchmarks.md, "Data-fed training").
 """
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
@@ -26,8 +33,10 @@ def _tensors(value) -> Iterator[torch.Tensor]:
 
 
 def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], device: torch.device,
-                       depth: int = 2, threaded: bool = False) -> Iterator[Tuple[Any, Any]]:
-    """Yield ``(batch, to_device(batch))`` in order, with up to ``depth`` batches prepared ahead."""
+                       depth: int = 2, threaded: bool = False, switch_interval: Optional[float] = 2e-4
+                       ) -> Iterator[Tuple[Any, Any]]:
+    """Yield ``(batch, to_device(batch))`` in order, with up to ``depth`` batches prepared ahead
+    (``switch_interval``: the interpreter's while the thread runs; None leaves it)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if depth <= 0 or not (cuda or threaded):
@@ -65,6 +74,9 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
         ready.put(_DONE)
 
     thread = threading.Thread(target=work, name="prefetch_to_device", daemon=True)
+    previous_interval = sys.getswitchinterval()
+    if switch_interval is not None:
+        sys.setswitchinterval(min(previous_interval, switch_interval))
     thread.start()
     try:
         while True:
@@ -87,6 +99,7 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
                 ready.get(timeout=0.1)
             except queue.Empty:
                 pass
+        sys.setswitchinterval(previous_interval)
 
 
 def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: str = "auto", pack_text: bool = False

@@ -97,10 +97,15 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio), activation)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None,
+                recompute_mlp: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=causal, packing=packing)  # [B, T, C] (or packed [N, C])
-        x = x + self.mlp(self.ln_2(x))  # [B, T, C]
-        return x
+        if recompute_mlp:  # keep only x for the backward, which runs ln_2 and the MLP again: [B, T, C] instead of 2 x [B, T, 4C]
+            return x + checkpoint(self.mlp_branch, x, use_reentrant=False)
+        return x + self.mlp_branch(x)  # [B, T, C]
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.ln_2(x))
 
 
 class Transformer(nn.Module):
@@ -111,14 +116,16 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, heads, mlp_ratio, activation) for _ in range(layers)
         )
-        self.grad_checkpointing = False
+        self.grad_checkpointing = False  # keep each block's input only (CLIP.set_grad_checkpointing)
+        self.recompute_mlp = False  # keep each MLP's input only (CLIP.set_mlp_recompute)
 
     def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
+        backward = self.training and torch.is_grad_enabled()
         for block in self.resblocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            if backward and self.grad_checkpointing:
                 x = checkpoint(block, x, causal, packing, use_reentrant=False)
             else:
-                x = block(x, causal=causal, packing=packing)
+                x = block(x, causal=causal, packing=packing, recompute_mlp=backward and self.recompute_mlp)
         return x
 
     def init_weights(self) -> None:

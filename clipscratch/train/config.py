@@ -67,7 +67,9 @@ class TrainConfig:
     max_steps: int = 0  # >0: stop after this many optimizer steps
     accum_steps: int = 1  # micro-batches per step, exactly equivalent to the big batch (gradient caching)
     precision: str = "no"  # no | bf16 | fp16 (accelerate mixed precision)
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # keep each block's input only: one more forward, the least memory
+    # keep each MLP's input only: about half the activation memory of a block, for a third more MLP matrix products
+    recompute_mlp: bool = False
     # each caption costs its own length (exact; models/packing.py, packed on the host so the compiled step never
     # waits); false: each batch cut to its longest caption. Packed was faster eager and compiled (docs/benchmarks.md)
     pack_text: bool = True

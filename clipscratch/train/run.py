@@ -68,8 +68,8 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
 
     # ---- model
     model = build_model(cfg)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    model.set_mlp_recompute(cfg.recompute_mlp)
     model.set_text_packing(cfg.pack_text)
     model.set_fp8(cfg.fp8)
     if cfg.freeze:
