@@ -60,9 +60,13 @@ def main():
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
-    p.add_argument("--switch-intervals", nargs="+", type=float, default=[2e-4],
-                   help="the interpreter's thread switch interval (s) while the prefetch thread runs, one row each "
-                        "(Python's own: 0.005; the trainer's: prefetch_to_device's default)")
+    p.add_argument("--switch-intervals", nargs="+", type=float, default=[0.005],
+                   help="the interpreter's thread switch interval (s) while the prefetch threads run, one row each "
+                        "(0.005: Python's own, which the trainer keeps)")
+    p.add_argument("--prefetch-threads", nargs="+", type=int, default=[1],
+                   help="threads preparing the next batches side by side (data.prefetch_threads), one row each")
+    p.add_argument("--feed-only", action="store_true",
+                   help="also time each row's feeding alone (no training step): how fast the pipeline delivers batches")
     p.add_argument("--gpu-busy", action="store_true",
                    help="also profile 8 fed steps of each row: GPU busy time and kernel time per CUDA stream")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
@@ -130,12 +134,16 @@ def main():
             b = next(it)
             extra[f"{name}_profile_ms"] = profile_gpu_decode(unpack_jpegs(b["images"], b["jpeg_ends"]), b.get("boxes"),
                                                             gpu_transform, dev, size, sync, kind)
-        for interval in args.switch_intervals:
-            row = name if len(args.switch_intervals) == 1 else f"{name}@{interval * 1e3:g}ms"
-            # as the trainer does: the next batches are moved (decoded) in a thread on a side stream
+        for interval, threads in [(i, t) for i in args.switch_intervals for t in args.prefetch_threads]:
+            row = name + (f"@{interval * 1e3:g}ms" if len(args.switch_intervals) > 1 else "") + (
+                f"@{threads}threads" if len(args.prefetch_threads) > 1 else "")
+            # as the trainer does: the next batches are moved (decoded) by threads on side streams
             batches = prefetch_to_device(it, lambda b, kind=kind: to_gpu(b, kind), torch.device(dev), depth=args.prefetch,
-                                         switch_interval=interval)
+                                         threads=threads, switch_interval=interval)
             fed = (moved for _, moved in batches)
+            if args.feed_only:
+                extra[f"{row}_feed_only_ms"] = feed_only(fed, args.steps, sync) * 1000
+                print(row, "feed only", f"{extra[f'{row}_feed_only_ms']:.1f} ms a batch", flush=True)
             rows[row] = timed(fed)
             if args.gpu_busy:
                 extra[f"{row}_gpu_busy"] = gpu_busy(step, fed, sync)
@@ -143,7 +151,8 @@ def main():
             batches.close()
         del it
     res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": text_len,
-           "compile_mode": args.compile_mode, "prefetch": args.prefetch,
+           "compile_mode": args.compile_mode, "prefetch": args.prefetch, "prefetch_threads": args.prefetch_threads,
+           "switch_intervals": args.switch_intervals,
            "step_ms": {k: v * 1000 for k, v in rows.items()},
            "samples_per_s": {k: args.batch / v for k, v in rows.items()},
            "slowdown_vs_synthetic": {k: v / rows["synthetic"] - 1 for k, v in rows.items()},
@@ -151,12 +160,24 @@ def main():
     print(json.dumps(res, indent=2))
     print("\n| feeding | step | samples/s | vs synthetic |\n|---|---|---|---|")
     for k, v in rows.items():
-        name, _, interval = k.partition("@")
-        label = (VARIANTS[name][1] + (f", switch interval {interval}" if interval else "") if name in VARIANTS
-                 else "synthetic on-GPU batch")
+        name, *options = k.split("@")
+        options = [o.replace("threads", " prefetch threads").replace("ms", " ms switch interval") for o in options]
+        label = ", ".join([VARIANTS[name][1], *options]) if name in VARIANTS else "synthetic on-GPU batch"
         print(f"| {label} | {v * 1000:.1f} ms | {args.batch / v:,.0f} | {100 * (v / rows['synthetic'] - 1):+.0f}% |")
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2)
+
+
+def feed_only(batches, steps, sync):
+    """Seconds per batch the feeding delivers with no training step in the way."""
+    for _ in range(10):
+        next(batches)
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    sync()
+    return (time.perf_counter() - t) / steps
 
 
 def gpu_busy(step, batches, sync, steps=8):

@@ -16,8 +16,9 @@
 #                                                   its recorded run used 130 s / 100 s time limits)
 #   bash bench/gpu_issue12.sh 13 DATA_DIR OUT_DIR  # data-fed 256 px at the interpreter's 5 ms and 0.2 ms thread switch
 #                                                   interval, with the GPU's busy time; largest batch with MLP recompute
-#   bash bench/gpu_issue12.sh 14 DATA_DIR OUT_DIR  # nvImageCodec buffer reuse check; ViT-B/32 speed with MLP recompute;
-#                                                   data-fed from the Flickr8k photos at both switch intervals
+#   bash bench/gpu_issue12.sh 14 DATA_DIR OUT_DIR  # nvImageCodec buffer reuse check; data-fed with 1, 2, 4 prefetch threads
+#                                                   (and the feeding alone), 256 px and Flickr8k photos
+#   bash bench/gpu_issue12.sh 15 DATA_DIR OUT_DIR  # ViT-B/32 b512 speed with MLP recompute
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -96,11 +97,13 @@ case $PART in
       --impls open_clip clipscratch:packed clipscratch:packed:recompute --json "$O/max_batch_flickr.json" 2>&1 | quiet ;;
 14)
   timeout 60 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet | grep nvimgcodec
-  timeout 300 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_recompute.json" \
-      --variants open_clip clipscratch:packed clipscratch:packed:recompute 2>&1 | quiet
+  timeout 330 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --prefetch-threads 1 2 4 \
+      --feed-only --json "$O/data_fed_256_threads.json" 2>&1 | quiet | grep -v "img/s"
   $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
       --maxcount 125 2>&1 | tail -1
   timeout 170 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
-      --variants gpu_decode nvimgcodec --switch-intervals 0.005 0.0002 --gpu-busy --json "$O/data_fed_flickr_switch.json" \
-      2>&1 | quiet ;;
+      --variants gpu_decode nvimgcodec --prefetch-threads 1 4 --json "$O/data_fed_flickr_threads.json" 2>&1 | quiet ;;
+15)
+  timeout 300 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_recompute.json" \
+      --variants open_clip clipscratch:packed clipscratch:packed:recompute 2>&1 | quiet ;;
 esac

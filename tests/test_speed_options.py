@@ -213,21 +213,31 @@ def test_gpu_decode_crops_land_where_pils_resized_crop_puts_them():
         assert (ours - pil).abs().mean() < 1.0, size  # grey levels out of 255 (0.29 seen; a 4-pixel shift gives 6.7)
 
 
-def test_prefetch_to_device_keeps_order_stops_early_and_raises():
+@pytest.mark.parametrize("threads", [1, 3])
+def test_prefetch_to_device_keeps_order_stops_early_and_raises(threads):
+    """Batches come out in the loader's order, also when several threads prepare them and
+    finish out of order; closing early ends the threads; a loader's or a preparation's error is
+    raised in the consumer after the batches before it."""
+    import random
     import sys
     import threading
+    import time
 
     from clipscratch.data.prefetch import prefetch_to_device
 
     def double(b):
+        time.sleep(random.Random(int(b["x"][0])).random() * 0.01)  # threads finish in a scrambled order
+        if b["x"][0] < 0:
+            raise RuntimeError("cannot decode")
         return (b["x"] * 2, [b["x"] + 1])
 
     batches = [{"x": torch.full((3,), float(i))} for i in range(20)]
     interval = sys.getswitchinterval()
     seen = []
     out = []
-    for item in prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True, switch_interval=1e-4):
-        seen.append(sys.getswitchinterval())  # the GIL changes hands every 0.1 ms while the thread runs
+    for item in prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True, threads=threads,
+                                   switch_interval=1e-4):
+        seen.append(sys.getswitchinterval())  # the GIL changes hands every 0.1 ms while the threads run
         out.append(item)
     assert seen == pytest.approx([1e-4] * 20) and sys.getswitchinterval() == interval  # and the interpreter's own afterwards
     assert [b["x"][0].item() for b, _ in out] == list(range(20))
@@ -236,18 +246,28 @@ def test_prefetch_to_device_keeps_order_stops_early_and_raises():
     assert all(torch.equal(a[1][0], b[1][0]) for a, b in zip(out, sequential))
 
     before = threading.active_count()
-    for i, (batch, _) in enumerate(prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True)):
+    for i, (batch, _) in enumerate(prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True,
+                                                      threads=threads)):
         if i == 3:
-            break  # the generator closes: its thread must end, not hang on a full queue
+            time.sleep(0.3)  # the threads fill every slot ahead and wait to hand over the next batch
+            break  # the generator closes: its threads must end, not hang waiting
     assert threading.active_count() == before and sys.getswitchinterval() == interval
 
     def failing():
-        yield {"x": torch.zeros(1)}
+        yield from batches[:5]
         raise ValueError("corrupt shard")
 
+    got = []
     with pytest.raises(ValueError, match="corrupt shard"):
-        list(prefetch_to_device(failing(), double, "cpu", threaded=True))
-    assert sys.getswitchinterval() == interval
+        for batch, _ in prefetch_to_device(failing(), double, "cpu", threaded=True, threads=threads):
+            got.append(batch["x"][0].item())
+    assert got == [0, 1, 2, 3, 4]
+    undecodable = batches[:6] + [{"x": torch.full((3,), -1.0)}] + batches[6:]
+    got = []
+    with pytest.raises(RuntimeError, match="cannot decode"):
+        for batch, _ in prefetch_to_device(iter(undecodable), double, "cpu", threaded=True, threads=threads):
+            got.append(batch["x"][0].item())
+    assert got == [0, 1, 2, 3, 4, 5] and threading.active_count() == before
 
 
 def test_fp8_linear_is_the_scaled_product_it_claims_and_close_to_float32():

@@ -1,18 +1,17 @@
-"""Move (and, with ``data.gpu_decode``, decode) the next batches on a side CUDA stream in a
-background thread while the GPU trains on the current one.
+"""Move (and, with ``data.gpu_decode``, decode) the next batches on side CUDA streams in
+background threads while the GPU trains on the current one.
+
+``threads`` threads take the next batches from the loader in turn, each preparing its batch on
+its own stream, and the batches come out in the loader's order. More than one pays with
+``data.gpu_decode``, where preparing a batch (decode, crop, copies) takes about as long as a
+training step in one thread while the GPU works on the batch only a few milliseconds
+(docs/benchmarks.md, "Data-fed training").
 
 On the CPU (unless ``threaded=True``, which the tests use) or with ``depth=0``, batches are
 moved one by one in the calling thread.
-
-While the thread runs, the interpreter hands the GIL between threads every ``switch_interval``
-seconds instead of Python's 5 ms: every CUDA kernel launch of the training thread (an eager op
-or a line of Inductor's wrapper) releases the GIL and takes it back, and with the default the
-training thread waited up to 5 ms each time the prefetch thread was running Python
-(docs/benchmarks.md, "Data-fed training").
 """
 from __future__ import annotations
 
-import queue
 import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
@@ -32,22 +31,57 @@ def _tensors(value) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
 
 
+class _Ordered:
+    """Prepared batches by their index in the loader: threads put them in any order, the
+    consumer takes them in order; a thread waits while its batch is ``capacity`` or more ahead."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.items: dict = {}
+        self.taken = 0  # batches handed to the consumer
+        self.stop = False
+        self.changed = threading.Condition()
+
+    def put(self, index: int, item) -> None:
+        with self.changed:
+            while not self.stop and index >= self.taken + self.capacity:
+                self.changed.wait()
+            self.items[index] = item
+            self.changed.notify_all()
+
+    def take(self):
+        with self.changed:
+            while self.taken not in self.items:
+                self.changed.wait()
+            item = self.items.pop(self.taken)
+            self.taken += 1
+            self.changed.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self.changed:
+            self.stop = True
+            self.changed.notify_all()
+
+
 def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], device: torch.device,
-                       depth: int = 2, threaded: bool = False, switch_interval: Optional[float] = 2e-4
-                       ) -> Iterator[Tuple[Any, Any]]:
-    """Yield ``(batch, to_device(batch))`` in order, with up to ``depth`` batches prepared ahead
-    (``switch_interval``: the interpreter's while the thread runs; None leaves it)."""
+                       depth: int = 2, threaded: bool = False, threads: int = 1,
+                       switch_interval: Optional[float] = None) -> Iterator[Tuple[Any, Any]]:
+    """Yield ``(batch, to_device(batch))`` in order, with up to ``max(depth, threads)`` batches
+    prepared ahead by ``threads`` threads. ``switch_interval``: the interpreter's thread switch
+    interval while they run (None leaves Python's 5 ms; a shorter one was measured, no gain)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if depth <= 0 or not (cuda or threaded):
         for batch in batches:
             yield batch, to_device(batch)
         return
-    ready: "queue.Queue" = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    stream = torch.cuda.Stream(device) if cuda else None
+    source = iter(batches)
+    reading = threading.Lock()  # one thread at a time takes the next batch (and its index)
+    state = {"next": 0, "ended": False}
+    ordered = _Ordered(max(depth, threads))
 
-    def prepare(batch):
+    def prepare(batch, stream):
         if not cuda:
             return to_device(batch), None
         with torch.cuda.device(device), torch.cuda.stream(stream):
@@ -57,30 +91,37 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
         return moved, done
 
     def work():
-        try:
-            for batch in batches:
-                moved, done = prepare(batch)
-                while not stop.is_set():
-                    try:
-                        ready.put((batch, moved, done), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+        stream = torch.cuda.Stream(device) if cuda else None
+        while not ordered.stop:
+            with reading:
+                if state["ended"]:
                     return
-        except BaseException as error:  # handed to the consumer, raised there
-            ready.put(error)
-            return
-        ready.put(_DONE)
+                index = state["next"]
+                state["next"] += 1
+                try:
+                    item = next(source)
+                except BaseException as error:  # the end, or an error handed to the consumer, raised there
+                    state["ended"] = True
+                    item = _DONE if isinstance(error, StopIteration) else error
+            if item is not _DONE and not isinstance(item, BaseException):
+                try:
+                    item = (item, *prepare(item, stream))
+                except BaseException as error:
+                    state["ended"] = True
+                    item = error
+            ordered.put(index, item)
+            if not isinstance(item, tuple):
+                return
 
-    thread = threading.Thread(target=work, name="prefetch_to_device", daemon=True)
+    workers = [threading.Thread(target=work, name=f"prefetch_to_device_{i}", daemon=True) for i in range(threads)]
     previous_interval = sys.getswitchinterval()
     if switch_interval is not None:
-        sys.setswitchinterval(min(previous_interval, switch_interval))
-    thread.start()
+        sys.setswitchinterval(switch_interval)
+    for worker in workers:
+        worker.start()
     try:
         while True:
-            item = ready.get()
+            item = ordered.take()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
@@ -89,16 +130,13 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
             if cuda:
                 current = torch.cuda.current_stream(device)
                 current.wait_event(done)
-                for tensor in _tensors(moved):  # made on the side stream, used and freed on this one
+                for tensor in _tensors(moved):  # made on a side stream, used and freed on this one
                     tensor.record_stream(current)
             yield batch, moved
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                ready.get(timeout=0.1)
-            except queue.Empty:
-                pass
+        ordered.close()  # threads waiting to put a batch stop; one reading the loader stops after that batch
+        for worker in workers:
+            worker.join()
         sys.setswitchinterval(previous_interval)
 
 
