@@ -187,6 +187,7 @@ def gpu_busy(step, batches, sync, steps=8):
     well under wall: the GPU waits for the host."""
     import collections
     import tempfile
+    import threading
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -208,8 +209,24 @@ def gpu_busy(step, batches, sync, steps=8):
     for start, stop in sorted((e["ts"], e["ts"] + e["dur"]) for e in work):
         busy += max(0.0, stop - max(start, end))
         end = max(end, stop)
+    # CUDA API calls (runtime and driver) by thread: a call that waits for the device (a free, a
+    # synchronisation) in the prefetch thread can hold up the training thread's launches
+    main = threading.get_native_id()
+    calls = collections.defaultdict(lambda: [0.0, 0, 0.0])  # (thread, call) -> [total us, count, longest us]
+    tids = {}
+    for e in events:
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "dur" in e:
+            entry = calls[(e.get("tid"), e["name"])]
+            entry[0] += e["dur"]
+            entry[1] += 1
+            entry[2] = max(entry[2], e["dur"])
+            tids.setdefault(e.get("tid"), len(tids))
+    top = sorted(calls.items(), key=lambda kv: -kv[1][0])[:12]
     return {"wall_ms": wall / steps * 1e3, "gpu_busy_ms": busy / steps / 1e3,
-            "kernel_ms_by_stream": {k: v / steps / 1e3 for k, v in by_stream.most_common()}}
+            "kernel_ms_by_stream": {k: v / steps / 1e3 for k, v in by_stream.most_common()},
+            "main_thread_tid": main,
+            "cuda_calls_ms_per_step": [{"tid": tid, "call": name, "ms": total / steps / 1e3, "count": count / steps,
+                                        "longest_ms": longest / 1e3} for (tid, name), (total, count, longest) in top]}
 
 
 def profile_gpu_decode(jpegs, boxes, gpu_transform, dev, size, sync, decoder):

@@ -19,6 +19,8 @@
 #   bash bench/gpu_issue12.sh 14 DATA_DIR OUT_DIR  # nvImageCodec buffer reuse check; data-fed with 1, 2, 4 prefetch threads
 #                                                   (and the feeding alone), 256 px and Flickr8k photos
 #   bash bench/gpu_issue12.sh 15 DATA_DIR OUT_DIR  # ViT-B/32 b512 speed with MLP recompute
+#   bash bench/gpu_issue12.sh 16 DATA_DIR OUT_DIR  # data-fed 256 px with the GPU's busy time and the CUDA calls of each
+#                                                   thread; then part 15
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -103,7 +105,10 @@ case $PART in
       --maxcount 125 2>&1 | tail -1
   timeout 170 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants gpu_decode nvimgcodec --prefetch-threads 1 4 --json "$O/data_fed_flickr_threads.json" 2>&1 | quiet ;;
-15)
+16)
+  timeout 230 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --gpu-busy \
+      --json "$O/data_fed_256_calls.json" 2>&1 | quiet | grep -v "img/s" ;;&
+15|16)
   timeout 300 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_recompute.json" \
       --variants open_clip clipscratch:packed clipscratch:packed:recompute 2>&1 | quiet ;;
 esac
