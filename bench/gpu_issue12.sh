@@ -21,6 +21,7 @@
 #   bash bench/gpu_issue12.sh 15 DATA_DIR OUT_DIR  # ViT-B/32 b512 speed with MLP recompute
 #   bash bench/gpu_issue12.sh 16 DATA_DIR OUT_DIR  # data-fed 256 px with the GPU's busy time and the CUDA calls of each
 #                                                   thread; then part 15
+#   bash bench/gpu_issue12.sh 17 DATA_DIR OUT_DIR  # data-fed with the prefetch stream at the training's priority and ahead of it
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -105,10 +106,24 @@ case $PART in
       --maxcount 125 2>&1 | tail -1
   timeout 170 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants gpu_decode nvimgcodec --prefetch-threads 1 4 --json "$O/data_fed_flickr_threads.json" 2>&1 | quiet ;;
+17)
+  timeout 260 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --stream-priorities 0 -1 \
+      --json "$O/data_fed_256_priority.json" 2>&1 | quiet | grep -v "img/s"
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+  timeout 200 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
+      --variants gpu_decode nvimgcodec --stream-priorities 0 -1 --json "$O/data_fed_flickr_priority.json" 2>&1 | quiet ;;
 16)
   timeout 230 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --gpu-busy \
       --json "$O/data_fed_256_calls.json" 2>&1 | quiet | grep -v "img/s" ;;&
-15|16)
+15|17)
+  timeout 260 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --stream-priorities 0 -1 \
+      --json "$O/data_fed_256_priority.json" 2>&1 | quiet | grep -v "img/s"
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+  timeout 200 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
+      --variants gpu_decode nvimgcodec --stream-priorities 0 -1 --json "$O/data_fed_flickr_priority.json" 2>&1 | quiet ;;
+16)
   timeout 300 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_recompute.json" \
       --variants open_clip clipscratch:packed clipscratch:packed:recompute 2>&1 | quiet ;;
 esac

@@ -66,10 +66,11 @@ class _Ordered:
 
 def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], device: torch.device,
                        depth: int = 2, threaded: bool = False, threads: int = 1,
-                       switch_interval: Optional[float] = None) -> Iterator[Tuple[Any, Any]]:
+                       switch_interval: Optional[float] = None, priority: int = 0) -> Iterator[Tuple[Any, Any]]:
     """Yield ``(batch, to_device(batch))`` in order, with up to ``max(depth, threads)`` batches
     prepared ahead by ``threads`` threads. ``switch_interval``: the interpreter's thread switch
-    interval while they run (None leaves Python's 5 ms; a shorter one was measured, no gain)."""
+    interval while they run (None leaves Python's 5 ms; a shorter one was measured, no gain);
+    ``priority``: their CUDA streams' (-1: ahead of the training's kernels)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if depth <= 0 or not (cuda or threaded):
@@ -91,7 +92,7 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
         return moved, done
 
     def work():
-        stream = torch.cuda.Stream(device) if cuda else None
+        stream = torch.cuda.Stream(device, priority=priority) if cuda else None
         while not ordered.stop:
             with reading:
                 if state["ended"]:
