@@ -61,12 +61,10 @@ def main():
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--switch-intervals", nargs="+", type=float, default=[0.005],
-                   help="the interpreter's thread switch interval (s) while the prefetch threads run, one row each "
+                   help="the interpreter's thread switch interval (s) while the prefetch thread runs, one row each "
                         "(0.005: Python's own, which the trainer keeps)")
-    p.add_argument("--prefetch-threads", nargs="+", type=int, default=[1],
-                   help="threads preparing the next batches side by side (data.prefetch_threads), one row each")
     p.add_argument("--stream-priorities", nargs="+", type=int, default=[0],
-                   help="CUDA stream priority of the prefetch threads (0: the training's; -1: ahead of it), one row each")
+                   help="CUDA stream priority of the prefetch thread (0: the training's; -1: ahead of it), one row each")
     p.add_argument("--feed-only", action="store_true",
                    help="also time each row's feeding alone (no training step): how fast the pipeline delivers batches")
     p.add_argument("--gpu-busy", action="store_true",
@@ -136,14 +134,12 @@ def main():
             b = next(it)
             extra[f"{name}_profile_ms"] = profile_gpu_decode(unpack_jpegs(b["images"], b["jpeg_ends"]), b.get("boxes"),
                                                             gpu_transform, dev, size, sync, kind)
-        for interval, threads, priority in [(i, t, p) for i in args.switch_intervals for t in args.prefetch_threads
-                                            for p in args.stream_priorities]:
+        for interval, priority in [(i, p) for i in args.switch_intervals for p in args.stream_priorities]:
             row = name + (f"@{interval * 1e3:g}ms" if len(args.switch_intervals) > 1 else "") + (
-                f"@{threads}threads" if len(args.prefetch_threads) > 1 else "") + (
                 f"@priority{priority}" if len(args.stream_priorities) > 1 else "")
-            # as the trainer does: the next batches are moved (decoded) by threads on side streams
+            # as the trainer does: the next batches are moved (decoded) in a thread on a side stream
             batches = prefetch_to_device(it, lambda b, kind=kind: to_gpu(b, kind), torch.device(dev), depth=args.prefetch,
-                                         threads=threads, switch_interval=interval, priority=priority)
+                                         switch_interval=interval, priority=priority)
             fed = (moved for _, moved in batches)
             if args.feed_only:
                 extra[f"{row}_feed_only_ms"] = feed_only(fed, args.steps, sync) * 1000
@@ -155,7 +151,7 @@ def main():
             batches.close()
         del it
     res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": text_len,
-           "compile_mode": args.compile_mode, "prefetch": args.prefetch, "prefetch_threads": args.prefetch_threads,
+           "compile_mode": args.compile_mode, "prefetch": args.prefetch,
            "switch_intervals": args.switch_intervals, "stream_priorities": args.stream_priorities,
            "step_ms": {k: v * 1000 for k, v in rows.items()},
            "samples_per_s": {k: args.batch / v for k, v in rows.items()},
@@ -165,8 +161,7 @@ def main():
     print("\n| feeding | step | samples/s | vs synthetic |\n|---|---|---|---|")
     for k, v in rows.items():
         name, *options = k.split("@")
-        options = [o.replace("threads", " prefetch threads").replace("ms", " ms switch interval")
-                   .replace("priority", "stream priority ") for o in options]
+        options = [o.replace("ms", " ms switch interval").replace("priority", "stream priority ") for o in options]
         label = ", ".join([VARIANTS[name][1], *options]) if name in VARIANTS else "synthetic on-GPU batch"
         print(f"| {label} | {v * 1000:.1f} ms | {args.batch / v:,.0f} | {100 * (v / rows['synthetic'] - 1):+.0f}% |")
     with open(args.json, "w") as f:

@@ -16,12 +16,14 @@
 #                                                   its recorded run used 130 s / 100 s time limits)
 #   bash bench/gpu_issue12.sh 13 DATA_DIR OUT_DIR  # data-fed 256 px at the interpreter's 5 ms and 0.2 ms thread switch
 #                                                   interval, with the GPU's busy time; largest batch with MLP recompute
-#   bash bench/gpu_issue12.sh 14 DATA_DIR OUT_DIR  # nvImageCodec buffer reuse check; data-fed with 1, 2, 4 prefetch threads
-#                                                   (and the feeding alone), 256 px and Flickr8k photos
+# Part 14 (data-fed with 1, 2 and 4 prefetch threads, and the feeding alone) ran at commit 927653a; the prefetch
+# threads were removed after it (no gain), so it runs only there.
 #   bash bench/gpu_issue12.sh 15 DATA_DIR OUT_DIR  # ViT-B/32 b512 speed with MLP recompute
 #   bash bench/gpu_issue12.sh 16 DATA_DIR OUT_DIR  # data-fed 256 px with the GPU's busy time and the CUDA calls of each
 #                                                   thread; then part 15
 #   bash bench/gpu_issue12.sh 17 DATA_DIR OUT_DIR  # data-fed with the prefetch stream at the training's priority and ahead of it
+#   bash bench/gpu_issue12.sh 18 DATA_DIR OUT_DIR  # nvImageCodec buffer reuse check (final code); data-fed 256 px with 14 and
+#                                                   6 workers, and the feeding alone
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -98,14 +100,12 @@ case $PART in
       --switch-intervals 0.005 0.0002 --gpu-busy --json "$O/data_fed_256_switch.json" 2>&1 | quiet | grep -v "img/s"
   timeout 260 $PY bench/max_batch.py --captions "$FLICKR" --models ViT-B-32 --checkpointing no \
       --impls open_clip clipscratch:packed clipscratch:packed:recompute --json "$O/max_batch_flickr.json" 2>&1 | quiet ;;
-14)
+18)
   timeout 60 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet | grep nvimgcodec
-  timeout 330 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --prefetch-threads 1 2 4 \
-      --feed-only --json "$O/data_fed_256_threads.json" 2>&1 | quiet | grep -v "img/s"
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
-  timeout 170 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
-      --variants gpu_decode nvimgcodec --prefetch-threads 1 4 --json "$O/data_fed_flickr_threads.json" 2>&1 | quiet ;;
+  for w in 14 6; do
+    timeout 200 $PY bench/data_fed.py --samples 30000 --workers $w --variants gpu_decode nvimgcodec --feed-only \
+        --json "$O/data_fed_256_workers$w.json" 2>&1 | quiet | grep -v "img/s"
+  done ;;
 17)
   timeout 260 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --stream-priorities 0 -1 \
       --json "$O/data_fed_256_priority.json" 2>&1 | quiet | grep -v "img/s"
@@ -116,14 +116,7 @@ case $PART in
 16)
   timeout 230 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --gpu-busy \
       --json "$O/data_fed_256_calls.json" 2>&1 | quiet | grep -v "img/s" ;;&
-15|17)
-  timeout 260 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --stream-priorities 0 -1 \
-      --json "$O/data_fed_256_priority.json" 2>&1 | quiet | grep -v "img/s"
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
-  timeout 200 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
-      --variants gpu_decode nvimgcodec --stream-priorities 0 -1 --json "$O/data_fed_flickr_priority.json" 2>&1 | quiet ;;
-16)
+15|16)
   timeout 300 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_recompute.json" \
       --variants open_clip clipscratch:packed clipscratch:packed:recompute 2>&1 | quiet ;;
 esac

@@ -213,11 +213,9 @@ def test_gpu_decode_crops_land_where_pils_resized_crop_puts_them():
         assert (ours - pil).abs().mean() < 1.0, size  # grey levels out of 255 (0.29 seen; a 4-pixel shift gives 6.7)
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_prefetch_to_device_keeps_order_stops_early_and_raises(threads):
-    """Batches come out in the loader's order, also when several threads prepare them and
-    finish out of order; closing early ends the threads; a loader's or a preparation's error is
-    raised in the consumer after the batches before it."""
+def test_prefetch_to_device_keeps_order_stops_early_and_raises():
+    """Batches come out in the loader's order; closing early ends the thread; a loader's or a
+    preparation's error is raised in the consumer after the batches before it."""
     import random
     import sys
     import threading
@@ -226,7 +224,7 @@ def test_prefetch_to_device_keeps_order_stops_early_and_raises(threads):
     from clipscratch.data.prefetch import prefetch_to_device
 
     def double(b):
-        time.sleep(random.Random(int(b["x"][0])).random() * 0.01)  # threads finish in a scrambled order
+        time.sleep(random.Random(int(b["x"][0])).random() * 0.01)
         if b["x"][0] < 0:
             raise RuntimeError("cannot decode")
         return (b["x"] * 2, [b["x"] + 1])
@@ -235,9 +233,9 @@ def test_prefetch_to_device_keeps_order_stops_early_and_raises(threads):
     interval = sys.getswitchinterval()
     seen = []
     out = []
-    for item in prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True, threads=threads,
+    for item in prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True,
                                    switch_interval=1e-4):
-        seen.append(sys.getswitchinterval())  # the GIL changes hands every 0.1 ms while the threads run
+        seen.append(sys.getswitchinterval())  # the GIL changes hands every 0.1 ms while the thread runs
         out.append(item)
     assert seen == pytest.approx([1e-4] * 20) and sys.getswitchinterval() == interval  # and the interpreter's own afterwards
     assert [b["x"][0].item() for b, _ in out] == list(range(20))
@@ -246,11 +244,10 @@ def test_prefetch_to_device_keeps_order_stops_early_and_raises(threads):
     assert all(torch.equal(a[1][0], b[1][0]) for a, b in zip(out, sequential))
 
     before = threading.active_count()
-    for i, (batch, _) in enumerate(prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True,
-                                                      threads=threads)):
+    for i, (batch, _) in enumerate(prefetch_to_device(iter(batches), double, "cpu", depth=2, threaded=True)):
         if i == 3:
-            time.sleep(0.3)  # the threads fill every slot ahead and wait to hand over the next batch
-            break  # the generator closes: its threads must end, not hang waiting
+            time.sleep(0.3)  # the thread fills every slot ahead and waits to hand over the next batch
+            break  # the generator closes: its thread must end, not hang waiting
     assert threading.active_count() == before and sys.getswitchinterval() == interval
 
     def failing():
@@ -259,13 +256,13 @@ def test_prefetch_to_device_keeps_order_stops_early_and_raises(threads):
 
     got = []
     with pytest.raises(ValueError, match="corrupt shard"):
-        for batch, _ in prefetch_to_device(failing(), double, "cpu", threaded=True, threads=threads):
+        for batch, _ in prefetch_to_device(failing(), double, "cpu", threaded=True):
             got.append(batch["x"][0].item())
     assert got == [0, 1, 2, 3, 4]
     undecodable = batches[:6] + [{"x": torch.full((3,), -1.0)}] + batches[6:]
     got = []
     with pytest.raises(RuntimeError, match="cannot decode"):
-        for batch, _ in prefetch_to_device(iter(undecodable), double, "cpu", threaded=True, threads=threads):
+        for batch, _ in prefetch_to_device(iter(undecodable), double, "cpu", threaded=True):
             got.append(batch["x"][0].item())
     assert got == [0, 1, 2, 3, 4, 5] and threading.active_count() == before
 

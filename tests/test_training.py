@@ -69,7 +69,6 @@ def test_unknown_keys_wrong_types_and_out_of_range_values_are_clear_errors():
         resolve(None, ["data.batch_size=lots", "data.train=x.tar"])
     for override, message in (("optim.lr=-1", "'optim.lr' must be > 0"), ("data.batch_size=0", "'data.batch_size' must be >= 1"),
                               ("max_steps=-5", "'max_steps' must be >= 0"), ("precision=fp8", "'precision' must be one of"),
-                              ("data.prefetch_threads=0", "'data.prefetch_threads' must be >= 1"),
                               ("evals={nope: {}}", "unknown evaluator 'evals.nope'"),
                               ("evals={shapes: {pictures: 3}}", "unknown config key 'evals.shapes.pictures'"),
                               ("model=ViT-Z/99", "unknown model 'ViT-Z/99'")):

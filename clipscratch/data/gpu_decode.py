@@ -13,7 +13,7 @@ shrink by the crops' common integer factor (antialiasing) and then one batched b
 """
 from __future__ import annotations
 
-import threading
+import functools
 from typing import List, Optional, Tuple
 
 import torch
@@ -36,17 +36,14 @@ def _decode_torchvision(jpegs: List[torch.Tensor], device) -> List[Optional[torc
         return out
 
 
+@functools.lru_cache(maxsize=4)
 def _nvimgcodec_decoder(device_index: int):
-    """This thread's decoder for the device (prefetch threads decode batches side by side)."""
-    decoders = _per_thread.__dict__.setdefault("decoders", {})
-    if device_index not in decoders:
-        from nvidia import nvimgcodec
+    from nvidia import nvimgcodec
 
-        kinds = nvimgcodec.BackendKind
-        # a few parsing threads: the data workers own the other cores
-        decoders[device_index] = nvimgcodec.Decoder(device_id=device_index, max_num_cpu_threads=4, backends=[
-            nvimgcodec.Backend(kinds.HW_GPU_ONLY), nvimgcodec.Backend(kinds.GPU_ONLY)])
-    return decoders[device_index]
+    kinds = nvimgcodec.BackendKind
+    # a few parsing threads: the data workers own the other cores
+    return nvimgcodec.Decoder(device_id=device_index, max_num_cpu_threads=4,
+                              backends=[nvimgcodec.Backend(kinds.HW_GPU_ONLY), nvimgcodec.Backend(kinds.GPU_ONLY)])
 
 
 def nvimgcodec_available() -> bool:
@@ -57,12 +54,11 @@ def nvimgcodec_available() -> bool:
     return True
 
 
-# Per thread and device, the decoder, and the last batch's decoded images with the CUDA stream that
-# decoded them, handed back to the decoder to be refilled: their buffers are reused instead of freed
-# and allocated again (a free waits for the whole GPU). Reuse is safe on that same stream, where
-# every use of the last batch comes first; a batch on another stream starts afresh. The state goes
-# with its thread (a prefetch thread lasts one epoch).
-_per_thread = threading.local()
+# Per device, the last batch's decoded images and the CUDA stream that decoded them, handed back
+# to the decoder to be refilled: their buffers are reused instead of freed and allocated again (a
+# free waits for the whole GPU). Reuse is safe on that same stream, where every use of the last
+# batch comes first; a batch on another stream (the next epoch's prefetch) starts afresh.
+_reusable: dict = {}
 
 
 def _decode_nvimgcodec(jpegs: List[torch.Tensor], device) -> List[Optional[torch.Tensor]]:
@@ -71,12 +67,11 @@ def _decode_nvimgcodec(jpegs: List[torch.Tensor], device) -> List[Optional[torch
     device = torch.device(device)
     decoder = _nvimgcodec_decoder(device.index if device.index is not None else torch.cuda.current_device())
     stream = torch.cuda.current_stream(device).cuda_stream
-    reusable = _per_thread.__dict__.setdefault("reusable", {})
-    last_stream, last = reusable.get(device, (None, []))
+    last_stream, last = _reusable.get(device, (None, []))
     previous = [im for im in last if im is not None] if last_stream == stream else []
     reuse = previous[: len(jpegs)] if len(previous) >= len(jpegs) else None
     decoded = decoder.decode([j.numpy() for j in jpegs], images=reuse, cuda_stream=stream)
-    reusable[device] = (stream, decoded)
+    _reusable[device] = (stream, decoded)
     out = []
     for image in decoded:
         try:

@@ -1,17 +1,12 @@
-"""Move (and, with ``data.gpu_decode``, decode) the next batches on side CUDA streams in
-background threads while the GPU trains on the current one.
-
-``threads`` threads take the next batches from the loader in turn, each preparing its batch on
-its own stream, and the batches come out in the loader's order. More than one pays with
-``data.gpu_decode``, where preparing a batch (decode, crop, copies) takes about as long as a
-training step in one thread while the GPU works on the batch only a few milliseconds
-(docs/benchmarks.md, "Data-fed training").
+"""Move (and, with ``data.gpu_decode``, decode) the next batches on a side CUDA stream in a
+background thread while the GPU trains on the current one.
 
 On the CPU (unless ``threaded=True``, which the tests use) or with ``depth=0``, batches are
 moved one by one in the calling thread.
 """
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
@@ -31,58 +26,24 @@ def _tensors(value) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
 
 
-class _Ordered:
-    """Prepared batches by their index in the loader: threads put them in any order, the
-    consumer takes them in order; a thread waits while its batch is ``capacity`` or more ahead."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.items: dict = {}
-        self.taken = 0  # batches handed to the consumer
-        self.stop = False
-        self.changed = threading.Condition()
-
-    def put(self, index: int, item) -> None:
-        with self.changed:
-            while not self.stop and index >= self.taken + self.capacity:
-                self.changed.wait()
-            self.items[index] = item
-            self.changed.notify_all()
-
-    def take(self):
-        with self.changed:
-            while self.taken not in self.items:
-                self.changed.wait()
-            item = self.items.pop(self.taken)
-            self.taken += 1
-            self.changed.notify_all()
-            return item
-
-    def close(self) -> None:
-        with self.changed:
-            self.stop = True
-            self.changed.notify_all()
-
-
 def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], device: torch.device,
-                       depth: int = 2, threaded: bool = False, threads: int = 1,
-                       switch_interval: Optional[float] = None, priority: int = 0) -> Iterator[Tuple[Any, Any]]:
-    """Yield ``(batch, to_device(batch))`` in order, with up to ``max(depth, threads)`` batches
-    prepared ahead by ``threads`` threads. ``switch_interval``: the interpreter's thread switch
-    interval while they run (None leaves Python's 5 ms; a shorter one was measured, no gain);
-    ``priority``: their CUDA streams' (-1: ahead of the training's kernels)."""
+                       depth: int = 2, threaded: bool = False, switch_interval: Optional[float] = None,
+                       priority: int = 0) -> Iterator[Tuple[Any, Any]]:
+    """Yield ``(batch, to_device(batch))`` in order, with up to ``depth`` batches prepared ahead.
+    ``switch_interval``: the interpreter's thread switch interval while the thread runs (None
+    leaves Python's 5 ms); ``priority``: its CUDA stream's (-1: ahead of the training's
+    kernels). Neither changed fed training beyond the spread between runs (docs/benchmarks.md)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if depth <= 0 or not (cuda or threaded):
         for batch in batches:
             yield batch, to_device(batch)
         return
-    source = iter(batches)
-    reading = threading.Lock()  # one thread at a time takes the next batch (and its index)
-    state = {"next": 0, "ended": False}
-    ordered = _Ordered(max(depth, threads))
+    ready: "queue.Queue" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    stream = torch.cuda.Stream(device, priority=priority) if cuda else None
 
-    def prepare(batch, stream):
+    def prepare(batch):
         if not cuda:
             return to_device(batch), None
         with torch.cuda.device(device), torch.cuda.stream(stream):
@@ -92,37 +53,30 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
         return moved, done
 
     def work():
-        stream = torch.cuda.Stream(device, priority=priority) if cuda else None
-        while not ordered.stop:
-            with reading:
-                if state["ended"]:
+        try:
+            for batch in batches:
+                moved, done = prepare(batch)
+                while not stop.is_set():
+                    try:
+                        ready.put((batch, moved, done), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
                     return
-                index = state["next"]
-                state["next"] += 1
-                try:
-                    item = next(source)
-                except BaseException as error:  # the end, or an error handed to the consumer, raised there
-                    state["ended"] = True
-                    item = _DONE if isinstance(error, StopIteration) else error
-            if item is not _DONE and not isinstance(item, BaseException):
-                try:
-                    item = (item, *prepare(item, stream))
-                except BaseException as error:
-                    state["ended"] = True
-                    item = error
-            ordered.put(index, item)
-            if not isinstance(item, tuple):
-                return
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put(error)
+            return
+        ready.put(_DONE)
 
-    workers = [threading.Thread(target=work, name=f"prefetch_to_device_{i}", daemon=True) for i in range(threads)]
+    thread = threading.Thread(target=work, name="prefetch_to_device", daemon=True)
     previous_interval = sys.getswitchinterval()
     if switch_interval is not None:
         sys.setswitchinterval(switch_interval)
-    for worker in workers:
-        worker.start()
+    thread.start()
     try:
         while True:
-            item = ordered.take()
+            item = ready.get()
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
@@ -131,13 +85,16 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
             if cuda:
                 current = torch.cuda.current_stream(device)
                 current.wait_event(done)
-                for tensor in _tensors(moved):  # made on a side stream, used and freed on this one
+                for tensor in _tensors(moved):  # made on the side stream, used and freed on this one
                     tensor.record_stream(current)
             yield batch, moved
     finally:
-        ordered.close()  # threads waiting to put a batch stop; one reading the loader stops after that batch
-        for worker in workers:
-            worker.join()
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
         sys.setswitchinterval(previous_interval)
 
 

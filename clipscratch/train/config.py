@@ -43,7 +43,6 @@ class DataConfig:
     # gpu_decode's decoder: torchvision (nvJPEG; fed training faster in every H100 run, docs/benchmarks.md),
     # nvimgcodec (the hardware JPEG engines, pip install ".[gpu]"), auto (nvimgcodec when installed)
     jpeg_decoder: str = "torchvision"
-    prefetch_threads: int = 1  # threads preparing (with gpu_decode: decoding) the next batches side by side
     augment_scale: List[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale
 
 
@@ -234,7 +233,6 @@ def check(cfg: TrainConfig) -> None:
     _require(o.grad_clip >= 0, "optim.grad_clip", ">= 0 (0 disables clipping)", o.grad_clip)
     _require(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
     _require(d.workers >= 0, "data.workers", ">= 0", d.workers)
-    _require(d.prefetch_threads >= 1, "data.prefetch_threads", ">= 1", d.prefetch_threads)
     _require(d.shuffle_buffer >= 0, "data.shuffle_buffer", ">= 0", d.shuffle_buffer)
     _require(d.samples_per_epoch >= 0, "data.samples_per_epoch", ">= 0", d.samples_per_epoch)
     _require(len(d.augment_scale) == 2 and 0 < d.augment_scale[0] <= d.augment_scale[1] <= 1, "data.augment_scale",

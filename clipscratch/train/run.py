@@ -14,7 +14,6 @@ import os
 import random
 import time
 from collections import Counter
-from functools import partial
 from typing import List, Optional
 
 import torch
@@ -130,9 +129,7 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
             loader = epoch_loader(cfg, sources, counts, state, rank, world, image_size, context_length,
                                   pin_memory=device.type == "cuda")
             micro, batches = [], 0
-            prepare = partial(to_device, device=device, image_size=image_size, jpeg_decoder=cfg.data.jpeg_decoder,
-                              pack_text=cfg.pack_text)
-            for batch, on_device in prefetch_to_device(loader, prepare, device, threads=cfg.data.prefetch_threads):
+            for batch, on_device in prefetch_to_device(loader, lambda b: to_device(b, device, image_size, cfg.data.jpeg_decoder, cfg.pack_text), device):
                 skipped.update(batch["skipped"])
                 if on_device is None:  # a worker's closing tally
                     continue
