@@ -238,3 +238,42 @@ def test_gpu_decode_without_a_random_crop_takes_the_centre(tmp_path):
     spec_cpu = StreamSpec(sources=spec.sources, weights=[1.0], batch_size=4, shuffle_buffer=0)
     reference = list(make_loader(ShardDataset(spec_cpu, image_transform(32), context_length=77), 0))[0]["images"]
     assert keep.all() and (images - reference).abs().mean() < 0.05
+
+
+def test_gpu_decode_turns_exif_rotated_jpegs_upright_and_crops_them_as_the_cpu_path(tmp_path):
+    """Shards written by another tool may hold JPEGs with an EXIF orientation, which nvJPEG
+    ignores: the workers re-encode those upright and draw the crop box on the upright image,
+    so both paths crop the same pixels."""
+    from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
+
+    pattern = str(tmp_path / "rotated-000000.tar")
+    with tarfile.open(pattern, "w") as tar:
+        for i in range(4):
+            pixels = Image.new("RGB", (40, 20), (0, 0, 255))
+            pixels.paste((255, 0, 0), (0, 0, 20, 20))  # stored landscape, left half red
+            exif = Image.Exif()
+            exif[0x0112] = 6  # shown rotated 90 degrees clockwise: portrait, top half red
+            buf = io.BytesIO()
+            pixels.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+            for ext, data in (("jpg", buf.getvalue()), ("txt", f"a red and blue picture {i}".encode())):
+                info = tarfile.TarInfo(f"{i:04d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    transform = image_transform(16, train=True, scale=(0.5, 1.0))
+
+    def read(gpu_decode):
+        spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=4, shuffle_buffer=0,
+                          gpu_decode=gpu_decode, seed=3, epoch=1)
+        return list(make_loader(ShardDataset(spec, transform, context_length=77, trim_text=False), 0))[0]
+
+    jpeg_batch, cpu_batch = read(True), read(False)
+    from torchvision.io import decode_jpeg
+
+    decoded = [decode_jpeg(j) for j in unpack_jpegs(jpeg_batch["images"], jpeg_batch["jpeg_ends"])]
+    assert all(d.shape == (3, 40, 20) for d in decoded)  # upright: portrait
+    assert all(d[0, :20].float().mean() > 200 and d[0, 20:].float().mean() < 50 for d in decoded)  # red on top
+    top, left, height, width = jpeg_batch["boxes"].unbind(1)
+    assert (top + height <= 40).all() and (left + width <= 20).all()  # boxes on the upright image
+    images, keep = gpu_transform(unpack_jpegs(jpeg_batch["images"], jpeg_batch["jpeg_ends"]), 16, "cpu",
+                                 jpeg_batch["boxes"])
+    assert keep.all() and (images - cpu_batch["images"]).abs().mean() < 0.05  # the same crops

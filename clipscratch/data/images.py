@@ -77,10 +77,15 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
 
+def exif_rotated(im: Image.Image) -> bool:
+    """Does this opened image carry an EXIF orientation other than 'upright'? (header only)"""
+    return im.getexif().get(0x0112, 1) not in (0, 1)
+
+
 def needs_rotation(data: bytes) -> bool:
     """Does this encoded image carry an EXIF orientation other than 'upright'?"""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return im.getexif().get(0x0112, 1) not in (0, 1)
+            return exif_rotated(im)
     except (OSError, ValueError, SyntaxError):
         return False

@@ -35,7 +35,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from ..errors import ClipscratchError
-from .images import UnreadableImage, encode_jpeg, needs_rotation, open_image
+from .images import UnreadableImage, encode_jpeg, exif_rotated, open_image
 
 Sample = Dict[str, object]
 
@@ -286,14 +286,19 @@ def raw_jpegs(log: SkipLog, progress: WorkerProgress, crop: Optional[T.RandomRes
         caption = _caption(s, log, seed, epoch)
         if caption is None:
             return None
+        box = None  # no RandomResizedCrop in the transform: gpu_transform takes the centred square
         try:
-            if needs_rotation(raw):  # nvJPEG ignores EXIF orientation: turn it upright here (make_shards already does)
-                raw = encode_jpeg(open_image(raw))
-            box = None  # no RandomResizedCrop in the transform: gpu_transform takes the centred square
-            if crop is not None:
-                with Image.open(io.BytesIO(raw)) as im:  # reads the header only
+            with Image.open(io.BytesIO(raw)) as im:  # the header only, read once for both questions
+                upright = not exif_rotated(im)
+                if upright and crop is not None:
                     _seed_sample(seed, epoch, s)
                     box = crop.get_params(im, crop.scale, crop.ratio)
+            if not upright:  # nvJPEG ignores EXIF orientation: turn it upright here (make_shards already does)
+                image = open_image(raw)
+                raw = encode_jpeg(image)
+                if crop is not None:
+                    _seed_sample(seed, epoch, s)
+                    box = crop.get_params(image, crop.scale, crop.ratio)
         except (UnreadableImage, OSError, ValueError, Image.DecompressionBombError):
             log.add("corrupt image")
             return None
