@@ -191,6 +191,16 @@ def test_uint8_batches_normalised_on_the_device_equal_the_float_pipeline(tmp_pat
         assert torch.equal(u["tokens"], f["tokens"])
 
 
+def _gpu_decode_and_cpu_batches(pattern, transform, batch_size, seed, epoch):
+    """The first batch of the shards read with data.gpu_decode (JPEG bytes and crop boxes) and without."""
+    def read(gpu_decode):
+        spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=batch_size, shuffle_buffer=0,
+                          gpu_decode=gpu_decode, seed=seed, epoch=epoch)
+        return list(make_loader(ShardDataset(spec, transform, context_length=77, trim_text=False), 0))[0]
+
+    return read(True), read(False)
+
+
 def test_gpu_decode_batches_carry_the_crops_the_cpu_path_draws(tmp_path):
     """With data.gpu_decode the workers draw each RandomResizedCrop box from the JPEG header,
     seeded per sample like the CPU path: the same boxes, so (nearly) the same pixels."""
@@ -205,12 +215,7 @@ def test_gpu_decode_batches_carry_the_crops_the_cpu_path_draws(tmp_path):
     pattern = str(tmp_path / "s-000000.tar")
     transform = image_transform(32, train=True, scale=(0.3, 1.0))
 
-    def read(gpu_decode):
-        spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=8, shuffle_buffer=0,
-                          gpu_decode=gpu_decode, seed=7, epoch=2)
-        return list(make_loader(ShardDataset(spec, transform, context_length=77, trim_text=False), 0))[0]
-
-    jpeg_batch, cpu_batch = read(True), read(False)
+    jpeg_batch, cpu_batch = _gpu_decode_and_cpu_batches(pattern, transform, 8, seed=7, epoch=2)
     jpegs = unpack_jpegs(jpeg_batch["images"], jpeg_batch["jpeg_ends"])
     assert len(jpegs) == 8 and all(j[:2].tolist() == [0xFF, 0xD8] for j in jpegs) and jpeg_batch["boxes"].shape == (8, 4)
     assert jpeg_batch["captions"] == cpu_batch["captions"]
@@ -261,12 +266,7 @@ def test_gpu_decode_turns_exif_rotated_jpegs_upright_and_crops_them_as_the_cpu_p
                 tar.addfile(info, io.BytesIO(data))
     transform = image_transform(16, train=True, scale=(0.5, 1.0))
 
-    def read(gpu_decode):
-        spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=4, shuffle_buffer=0,
-                          gpu_decode=gpu_decode, seed=3, epoch=1)
-        return list(make_loader(ShardDataset(spec, transform, context_length=77, trim_text=False), 0))[0]
-
-    jpeg_batch, cpu_batch = read(True), read(False)
+    jpeg_batch, cpu_batch = _gpu_decode_and_cpu_batches(pattern, transform, 4, seed=3, epoch=1)
     from torchvision.io import decode_jpeg
 
     decoded = [decode_jpeg(j) for j in unpack_jpegs(jpeg_batch["images"], jpeg_batch["jpeg_ends"])]
