@@ -213,14 +213,12 @@ def gpu_busy(step, batches, sync, steps=8):
     # synchronisation) in the prefetch thread can hold up the training thread's launches
     main = threading.get_native_id()
     calls = collections.defaultdict(lambda: [0.0, 0, 0.0])  # (thread, call) -> [total us, count, longest us]
-    tids = {}
     for e in events:
         if e.get("cat") in ("cuda_runtime", "cuda_driver") and "dur" in e:
             entry = calls[(e.get("tid"), e["name"])]
             entry[0] += e["dur"]
             entry[1] += 1
             entry[2] = max(entry[2], e["dur"])
-            tids.setdefault(e.get("tid"), len(tids))
     top = sorted(calls.items(), key=lambda kv: -kv[1][0])[:12]
     return {"wall_ms": wall / steps * 1e3, "gpu_busy_ms": busy / steps / 1e3,
             "kernel_ms_by_stream": {k: v / steps / 1e3 for k, v in by_stream.most_common()},
