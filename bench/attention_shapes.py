@@ -9,6 +9,7 @@ text (ViT-B/32's text tower, 8 heads of 64, a batch of 512 real captions):
 image ([B, 12, T, 64] as ViT-B/32 at batch 512, T=50, and ViT-B/16 at batch 256, T=197):
   sdpa (default), flash, cudnn, efficient: scaled_dot_product_attention with that backend only
   math           softmax(q k^T) v written out
+  flex           FlexAttention (torch.nn.attention.flex_attention, Triton), no mask
 Milliseconds per layer (forward + backward), median of 20 after warm-up.
 """
 import argparse
@@ -74,9 +75,13 @@ def image_rows(B, T):
     q, k, v = (torch.randn(B, 12, T, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     rows = []
     for name, backend in (("sdpa", None), ("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("math", "math")):
+                          ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("math", "math"), ("flex", "flex")):
         if backend == "math":
             fn = torch.compile(lambda q, k, v: math_attention(q, k, v, False))
+        elif backend == "flex":  # FlexAttention's Triton kernel, no mask
+            from torch.nn.attention.flex_attention import flex_attention
+
+            fn = torch.compile(flex_attention)
         else:
             def fn(q, k, v, backend=backend):
                 if backend is None:

@@ -9,6 +9,7 @@ times compiled clipscratch ViT-B/32 steps (bf16, batch 512) fed by ShardDataset
 fixed on-GPU batch, for each way of feeding (--variants), and prints a table.
 """
 import argparse
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -37,6 +38,7 @@ def make_data(workdir, samples, procs):
     return f"{workdir}/part{{000..{len(jobs) - 1:03d}}}-000000.tar"
 
 
+OPTION_LABELS = {"beside": "synthetic batch, feeding running beside it", "stock": "8 fed batches in turn, no feeding"}
 VARIANTS = {  # name -> (what the workers send, description)
     "float": ("float", "real pipeline, CPU decode, float32 normalised in the workers (before)"),
     "uint8": ("uint8", "real pipeline, CPU decode, uint8 sent, normalised on the GPU (trainer default)"),
@@ -69,6 +71,13 @@ def main():
                    help="also time each row's feeding alone (no training step): how fast the pipeline delivers batches")
     p.add_argument("--gpu-busy", action="store_true",
                    help="also profile 8 fed steps of each row: GPU busy time and kernel time per CUDA stream")
+    p.add_argument("--separate", action="store_true",
+                   help="also time the fixed batch with the feeding running beside it, and 8 fed batches in turn "
+                        "with no feeding: the feeding's cost apart from fresh inputs' cost")
+    p.add_argument("--inductor", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="torch._inductor.config settings for the compiled step, e.g. cpp_wrapper=True")
+    p.add_argument("--main-threads", type=int, default=None,
+                   help="torch's intra-op CPU threads in the training process (default: torch's, one per core)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -84,6 +93,13 @@ def main():
     from train_step import clip_loss
 
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.main_threads:
+        torch.set_num_threads(args.main_threads)
+    import torch._inductor.config as inductor_config
+
+    for setting in args.inductor:
+        key, value = setting.split("=", 1)
+        setattr(inductor_config, key, {"True": True, "False": False}.get(value, value))
     dev, size = args.device, args.image_size
     model = clipscratch.create_model(args.model).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
@@ -109,21 +125,25 @@ def main():
     def to_gpu(b, decoder="torchvision"):
         return to_device(b, torch.device(dev), size, decoder, pack_text=True)  # captions packed on the host, as the trainer
 
-    def timed(batches):
+    cpu = {}  # row -> the host's CPU use during its timed steps
+
+    def timed(batches, row):
         for _ in range(20):  # compile / let the workers start up and fill their prefetch queues
             step(*next(batches))
         sync()
-        t = time.perf_counter()
+        meter = CpuMeter()
         for _ in range(args.steps):
             step(*next(batches))
         sync()
-        return (time.perf_counter() - t) / args.steps
+        cpu[row] = meter.read()
+        return cpu[row]["wall_s"] / args.steps
 
     it = iter(loader("uint8"))
     fixed = to_gpu(next(it))
     del it
-    rows = {"synthetic": timed(iter(lambda: fixed, None))}
-    extra = {}
+    rows = {"synthetic": timed(iter(lambda: fixed, None), "synthetic")}
+    extra = {"synthetic_launch_ms": launch_ms(step, fixed, sync)}
+    print(f"host time to launch one step from an idle GPU: {extra['synthetic_launch_ms']:.1f} ms", flush=True)
     if args.gpu_busy:
         extra["synthetic_gpu_busy"] = gpu_busy(step, iter(lambda: fixed, None), sync)
     text_len = int(fixed[1].layout.shape[1])
@@ -144,7 +164,15 @@ def main():
             if args.feed_only:
                 extra[f"{row}_feed_only_ms"] = feed_only(fed, args.steps, sync) * 1000
                 print(row, "feed only", f"{extra[f'{row}_feed_only_ms']:.1f} ms a batch", flush=True)
-            rows[row] = timed(fed)
+            rows[row] = timed(fed, row)
+            if args.separate:
+                # the fixed batch stepped while the feeding keeps pace (its batches dropped): what the
+                # feeding itself costs the step, on the GPU or in the host's threads
+                rows[f"{row}@beside"] = timed((fixed for _ in fed), f"{row}@beside")
+                # fed batches moved first and stepped through in turn: fresh inputs, nothing fed meanwhile
+                stock = [next(fed) for _ in range(8)]
+                rows[f"{row}@stock"] = timed(itertools.cycle(stock), f"{row}@stock")
+                del stock
             if args.gpu_busy:
                 extra[f"{row}_gpu_busy"] = gpu_busy(step, fed, sync)
                 print(row, json.dumps(extra[f"{row}_gpu_busy"]), flush=True)
@@ -156,16 +184,58 @@ def main():
            "step_ms": {k: v * 1000 for k, v in rows.items()},
            "samples_per_s": {k: args.batch / v for k, v in rows.items()},
            "slowdown_vs_synthetic": {k: v / rows["synthetic"] - 1 for k, v in rows.items()},
-           "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "cpus": os.cpu_count(), **extra}
+           "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "cpus": os.cpu_count(),
+           "main_threads": torch.get_num_threads(), "inductor": args.inductor, "cpu_cores_busy": cpu, **extra}
     print(json.dumps(res, indent=2))
-    print("\n| feeding | step | samples/s | vs synthetic |\n|---|---|---|---|")
+    print(f"\n| feeding | step | samples/s | vs synthetic | host cores busy (of {os.cpu_count()}) | main process |\n|---|---|---|---|---|---|")
     for k, v in rows.items():
         name, *options = k.split("@")
-        options = [o.replace("ms", " ms switch interval").replace("priority", "stream priority ") for o in options]
+        options = [OPTION_LABELS.get(o) or o.replace("ms", " ms switch interval").replace("priority", "stream priority ")
+                   for o in options]
         label = ", ".join([VARIANTS[name][1], *options]) if name in VARIANTS else "synthetic on-GPU batch"
-        print(f"| {label} | {v * 1000:.1f} ms | {args.batch / v:,.0f} | {100 * (v / rows['synthetic'] - 1):+.0f}% |")
+        print(f"| {label} | {v * 1000:.1f} ms | {args.batch / v:,.0f} | {100 * (v / rows['synthetic'] - 1):+.0f}% "
+              f"| {cpu[k]['host']:.1f} | {cpu[k]['main_process']:.1f} |")
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2)
+
+
+class CpuMeter:
+    """CPU cores kept busy from its creation to ``read()``: the whole host (/proc/stat, Linux)
+    and this process with all its threads (the training and prefetch threads; the data workers
+    are other processes)."""
+
+    def __init__(self):
+        self.host, self.own, self.wall = _host_busy_s(), time.process_time(), time.perf_counter()
+
+    def read(self) -> dict:
+        wall = time.perf_counter() - self.wall
+        host = _host_busy_s()
+        return {"wall_s": wall, "host": (host - self.host) / wall if host is not None else float("nan"),
+                "main_process": (time.process_time() - self.own) / wall}
+
+
+def _host_busy_s():
+    """Seconds of CPU the host has spent busy (all cores) since boot; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user nice system idle iowait irq softirq steal
+
+
+def launch_ms(step, batch, sync, reps=10):
+    """Median host time of one step call with the GPU idle before it: the CPU's share of a step
+    (Python, Inductor's wrapper, the launches), which the GPU's time hides until it nears it."""
+    times = []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        step(*batch)
+        times.append((time.perf_counter() - t) * 1000)
+    sync()
+    return sorted(times)[reps // 2]
 
 
 def feed_only(batches, steps, sync):

@@ -24,6 +24,14 @@
 #   bash bench/gpu_issue12.sh 17 DATA_DIR OUT_DIR  # data-fed with the prefetch stream at the training's priority and ahead of it
 #   bash bench/gpu_issue12.sh 18 DATA_DIR OUT_DIR  # nvImageCodec buffer reuse check (final code); data-fed 256 px with 14 and
 #                                                   6 workers, and the feeding alone
+#   PREV_TREE=DIR bash bench/gpu_issue12.sh 19 DATA_DIR OUT_DIR  # data-fed 256 px with the package of DIR (commit
+#                  e98ccf5's clipscratch/ beside this bench/: tarfile, torchvision's crop draw), then this one, then this
+#                  one (also the feeding beside a fixed batch, and fed batches in turn), with 6 workers and with one
+#                  intra-op thread; the Flickr8k photos; the host's CPU use in each
+#   bash bench/gpu_issue12.sh 20 DATA_DIR OUT_DIR  # ViT-B/16 b256 compiled: where the step's GPU time goes (ours and
+#                                                   open_clip's); attention kernels with FlexAttention
+#   bash bench/gpu_issue12.sh 21 DATA_DIR OUT_DIR  # data-fed 256 px twice each with torch's intra-op threads and with one;
+#                                                   then with Inductor's C++ wrapper launching the step's kernels
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -113,6 +121,28 @@ case $PART in
       --maxcount 125 2>&1 | tail -1
   timeout 200 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants gpu_decode nvimgcodec --stream-priorities 0 -1 --json "$O/data_fed_flickr_priority.json" 2>&1 | quiet ;;
+19)
+  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode --feed-only "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
+  (cd "${PREV_TREE:?PREV_TREE}" && fed256 170 --workers 14 --json "$O/data_fed_256_before.json")
+  fed256 130 --workers 14 --separate --json "$O/data_fed_256_after.json"
+  fed256 110 --workers 6 --json "$O/data_fed_256_after_workers6.json"
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+  timeout 110 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
+      --variants gpu_decode --json "$O/data_fed_flickr_after.json" 2>&1 | quiet
+  fed256 100 --workers 14 --main-threads 1 --json "$O/data_fed_256_after_threads1.json" ;;
+21)
+  lscpu | grep -E "^CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Model name"
+  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
+  for i in 1 2; do
+    fed256 110 --json "$O/data_fed_256_default_$i.json"
+    fed256 100 --main-threads 1 --json "$O/data_fed_256_threads1_$i.json"
+  done
+  fed256 230 --inductor cpp_wrapper=True --json "$O/data_fed_256_cpp_wrapper.json" ;;
+20)
+  timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
+      --json "$O/profile_b16_flickr.json" 2>&1 | quiet
+  timeout 200 $PY bench/attention_shapes.py --captions "$FLICKR" --json "$O/attention_shapes_flex.json" 2>&1 | quiet ;;
 16)
   timeout 230 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --gpu-busy \
       --json "$O/data_fed_256_calls.json" 2>&1 | quiet | grep -v "img/s" ;;&

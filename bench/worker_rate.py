@@ -1,7 +1,7 @@
 """What one data worker costs a sample in ``data.gpu_decode`` mode (tar reading, JPEG header,
 crop box, tokenising; no decode), in this process, on the CPU:
 
-    python bench/data_fed.py --device cpu --model tiny-vit --samples 2500 --variants uint8 \\
+    python bench/data_fed.py --device cpu --model tiny-vit --image-size 32 --samples 2500 --variants uint8 \\
         --steps 1 --batch 16 --workers 1 --no-compile --workdir /tmp/shards   # writes 256-px shards
     python bench/worker_rate.py '/tmp/shards/part000-000000.tar' [--profile]
 """

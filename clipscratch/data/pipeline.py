@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
+from webdataset.tariterators import group_by_keys
 from torchvision import transforms as T
 
 from ..errors import ClipscratchError
 from .images import UnreadableImage, encode_jpeg, exif_rotated, open_image
+from .tar_members import shard_files
 
 Sample = Dict[str, object]
 
@@ -176,12 +177,12 @@ def read_shards(log: SkipLog, progress: WorkerProgress, expected: Dict[str, int]
                 ) -> Callable[[Iterator[Dict[str, str]]], Iterator[Sample]]:
     """Shard urls -> tar samples; a damaged shard's lost samples are counted (when make_shards'
     count for it is known), an unreadable shard once."""
-    to_samples = wds.tarfile_to_samples(handler=count_unreadable_shards(log))
+    handler = count_unreadable_shards(log)
 
     def stage(urls):
         for item in urls:
             n = 0
-            for sample in to_samples(iter([item])):
+            for sample in group_by_keys(shard_files(item["url"], handler), handler=handler):
                 n += 1
                 yield sample
             lost = expected.get(item["url"], 0) - n
