@@ -76,6 +76,11 @@ def main():
                         "with no feeding: the feeding's cost apart from fresh inputs' cost")
     p.add_argument("--inductor", nargs="+", default=[], metavar="KEY=VALUE",
                    help="torch._inductor.config settings for the compiled step, e.g. cpp_wrapper=True")
+    p.add_argument("--skip-fed", action="store_true",
+                   help="time only the --separate rows (e.g. under CUDA graphs, which record again for every caption length)")
+    p.add_argument("--train-stream", choices=["default", "side"], default="default",
+                   help="the CUDA stream the training steps run on: the default (legacy) stream, which waits for the "
+                        "work of other blocking streams in the process, or a stream of their own")
     p.add_argument("--main-threads", type=int, default=None,
                    help="torch's intra-op CPU threads in the training process (default: torch's, one per core)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
@@ -93,6 +98,8 @@ def main():
     from train_step import clip_loss
 
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.train_stream == "side":
+        torch.cuda.set_stream(torch.cuda.Stream())
     if args.main_threads:
         torch.set_num_threads(args.main_threads)
     import torch._inductor.config as inductor_config
@@ -158,17 +165,35 @@ def main():
             row = name + (f"@{interval * 1e3:g}ms" if len(args.switch_intervals) > 1 else "") + (
                 f"@priority{priority}" if len(args.stream_priorities) > 1 else "")
             # as the trainer does: the next batches are moved (decoded) in a thread on a side stream
-            batches = prefetch_to_device(it, lambda b, kind=kind: to_gpu(b, kind), torch.device(dev), depth=args.prefetch,
+            prepare_ms, wait_ms = [], []  # the prefetch thread's host time a batch; the training's wait for one
+
+            def prepare(b, kind=kind):
+                t = time.perf_counter()
+                moved = to_gpu(b, kind)
+                prepare_ms.append((time.perf_counter() - t) * 1000)
+                return moved
+
+            batches = prefetch_to_device(it, prepare, torch.device(dev), depth=args.prefetch,
                                          switch_interval=interval, priority=priority)
-            fed = (moved for _, moved in batches)
+            fed = waited((moved for _, moved in batches), wait_ms)
+
+            def note_waits(label):  # over the row's timed steps
+                n = args.steps
+                extra[f"{label}_prepare_ms"] = sorted(prepare_ms[-n:])[len(prepare_ms[-n:]) // 2]
+                extra[f"{label}_wait_ms"] = sum(wait_ms[-n:]) / n
+                print(label, f"prefetch thread {extra[f'{label}_prepare_ms']:.1f} ms a batch (median), "
+                      f"training waits {extra[f'{label}_wait_ms']:.1f} ms a step for it", flush=True)
             if args.feed_only:
                 extra[f"{row}_feed_only_ms"] = feed_only(fed, args.steps, sync) * 1000
                 print(row, "feed only", f"{extra[f'{row}_feed_only_ms']:.1f} ms a batch", flush=True)
-            rows[row] = timed(fed, row)
+            if not args.skip_fed:
+                rows[row] = timed(fed, row)
+                note_waits(row)
             if args.separate:
                 # the fixed batch stepped while the feeding keeps pace (its batches dropped): what the
                 # feeding itself costs the step, on the GPU or in the host's threads
                 rows[f"{row}@beside"] = timed((fixed for _ in fed), f"{row}@beside")
+                note_waits(f"{row}@beside")
                 # fed batches moved first and stepped through in turn: fresh inputs, nothing fed meanwhile
                 stock = [next(fed) for _ in range(8)]
                 rows[f"{row}@stock"] = timed(itertools.cycle(stock), f"{row}@stock")
@@ -185,7 +210,8 @@ def main():
            "samples_per_s": {k: args.batch / v for k, v in rows.items()},
            "slowdown_vs_synthetic": {k: v / rows["synthetic"] - 1 for k, v in rows.items()},
            "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "cpus": os.cpu_count(),
-           "main_threads": torch.get_num_threads(), "inductor": args.inductor, "cpu_cores_busy": cpu, **extra}
+           "main_threads": torch.get_num_threads(), "inductor": args.inductor, "train_stream": args.train_stream,
+           "cpu_cores_busy": cpu, **extra}
     print(json.dumps(res, indent=2))
     print(f"\n| feeding | step | samples/s | vs synthetic | host cores busy (of {os.cpu_count()}) | main process |\n|---|---|---|---|---|---|")
     for k, v in rows.items():
@@ -223,6 +249,18 @@ def _host_busy_s():
         return None
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user nice system idle iowait irq softirq steal
+
+
+def waited(batches, wait_ms):
+    """``batches``, noting how long each ``next`` blocks (ms) in ``wait_ms``."""
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        wait_ms.append((time.perf_counter() - t) * 1000)
+        yield batch
 
 
 def launch_ms(step, batch, sync, reps=10):

@@ -32,6 +32,12 @@
 #                                                   open_clip's); attention kernels with FlexAttention
 #   bash bench/gpu_issue12.sh 21 DATA_DIR OUT_DIR  # data-fed 256 px twice each with torch's intra-op threads and with one;
 #                                                   then with Inductor's C++ wrapper launching the step's kernels
+#   bash bench/gpu_issue12.sh 22 DATA_DIR OUT_DIR  # data-fed 256 px: the feeding beside a fixed batch and 8 fed batches in
+#                                                   turn, with the step as compiled by default and under CUDA graphs
+#   bash bench/gpu_issue12.sh 23 DATA_DIR OUT_DIR  # data-fed 256 px, training on the default CUDA stream and on a stream
+#                                                   of its own, twice each
+#   bash bench/gpu_issue12.sh 24 DATA_DIR OUT_DIR  # data-fed 256 px: the prefetch thread's time a batch and the training's
+#                                                   wait for it, compiled by default and under CUDA graphs
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -139,6 +145,20 @@ case $PART in
     fed256 100 --main-threads 1 --json "$O/data_fed_256_threads1_$i.json"
   done
   fed256 230 --inductor cpp_wrapper=True --json "$O/data_fed_256_cpp_wrapper.json" ;;
+22)
+  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
+  fed256 150 --separate --json "$O/data_fed_256_separate.json"
+  fed256 250 --separate --skip-fed --compile-mode reduce-overhead --json "$O/data_fed_256_separate_cudagraphs.json" ;;
+23)
+  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode nvimgcodec --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
+  for i in 1 2; do
+    fed256 140 --separate --json "$O/data_fed_256_default_stream_$i.json"
+    fed256 120 --separate --train-stream side --json "$O/data_fed_256_side_stream_$i.json"
+  done ;;
+24)
+  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
+  fed256 150 --separate --json "$O/data_fed_256_waits.json"
+  fed256 200 --separate --skip-fed --compile-mode reduce-overhead --json "$O/data_fed_256_waits_cudagraphs.json" ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
