@@ -38,6 +38,8 @@
 #                                                   of its own, twice each
 #   bash bench/gpu_issue12.sh 24 DATA_DIR OUT_DIR  # data-fed 256 px: the prefetch thread's time a batch and the training's
 #                                                   wait for it, compiled by default and under CUDA graphs
+#   bash bench/gpu_issue12.sh 25 DATA_DIR OUT_DIR  # as part 24 under CUDA graphs, the prefetch stream at the training's
+#                                                   priority and ahead of it
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -159,6 +161,10 @@ case $PART in
   fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
   fed256 150 --separate --json "$O/data_fed_256_waits.json"
   fed256 200 --separate --skip-fed --compile-mode reduce-overhead --json "$O/data_fed_256_waits_cudagraphs.json" ;;
+25)
+  timeout 280 $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 --separate --skip-fed \
+      --compile-mode reduce-overhead --stream-priorities 0 -1 --json "$O/data_fed_256_cudagraphs_priority.json" 2>&1 \
+      | quiet | grep -v "img/s" ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
