@@ -4,7 +4,7 @@ Python's ``tarfile`` builds a TarInfo and parses the PAX records in Python for e
 ``data.gpu_decode`` mode that was about half of a data worker's time a sample
 (``bench/worker_rate.py --profile``). This reader parses only what a shard needs:
 
-    512-byte header: name[0:100] size[124:136] checksum[148:156] type[156] magic[257:263] prefix[345:500]
+    512-byte header: name[0:100] size[124:136] checksum[148:156] type[156] magic+version[257:265] prefix[345:500]
     PAX extended header (type "x"): "path" and "size" for the next member
     GNU long name (type "L"): the next member's name
     end: a zero block, or the end of the stream at a member boundary
