@@ -198,9 +198,10 @@ def main():
                 stock = [next(fed) for _ in range(8)]
                 rows[f"{row}@stock"] = timed(itertools.cycle(stock), f"{row}@stock")
                 del stock
-            if args.gpu_busy:
-                extra[f"{row}_gpu_busy"] = gpu_busy(step, fed, sync)
-                print(row, json.dumps(extra[f"{row}_gpu_busy"]), flush=True)
+            if args.gpu_busy:  # the fed row's steps, or (--skip-fed) the fixed batch's with the feeding beside
+                label, source = (row, fed) if not args.skip_fed else (f"{row}@beside", (fixed for _ in fed))
+                extra[f"{label}_gpu_busy"] = gpu_busy(step, source, sync)
+                print(label, json.dumps(extra[f"{label}_gpu_busy"]), flush=True)
             batches.close()
         del it
     res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": text_len,

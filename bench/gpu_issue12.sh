@@ -40,6 +40,8 @@
 #                                                   wait for it, compiled by default and under CUDA graphs
 #   bash bench/gpu_issue12.sh 25 DATA_DIR OUT_DIR  # as part 24 under CUDA graphs, the prefetch stream at the training's
 #                                                   priority and ahead of it
+#   bash bench/gpu_issue12.sh 26 DATA_DIR OUT_DIR  # under CUDA graphs, the feeding beside a fixed batch profiled: GPU busy
+#                                                   time and the CUDA calls of each thread
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -165,6 +167,9 @@ case $PART in
   timeout 280 $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 --separate --skip-fed \
       --compile-mode reduce-overhead --stream-priorities 0 -1 --json "$O/data_fed_256_cudagraphs_priority.json" 2>&1 \
       | quiet | grep -v "img/s" ;;
+26)
+  timeout 250 $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 --separate --skip-fed \
+      --compile-mode reduce-overhead --gpu-busy --json "$O/data_fed_256_cudagraphs_calls.json" 2>&1 | quiet | grep -v "img/s" ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
