@@ -57,6 +57,8 @@ data_fed() {
   timeout 150 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants $2 --json "$O/data_fed_flickr.json" 2>&1 | quiet
 }
+# data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
+fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
 1)
   $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_flickr_eager.json" \
@@ -132,44 +134,40 @@ case $PART in
   timeout 200 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants gpu_decode nvimgcodec --stream-priorities 0 -1 --json "$O/data_fed_flickr_priority.json" 2>&1 | quiet ;;
 19)
-  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode --feed-only "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
-  (cd "${PREV_TREE:?PREV_TREE}" && fed256 170 --workers 14 --json "$O/data_fed_256_before.json")
-  fed256 130 --workers 14 --separate --json "$O/data_fed_256_after.json"
-  fed256 110 --workers 6 --json "$O/data_fed_256_after_workers6.json"
+  (cd "${PREV_TREE:?PREV_TREE}" && fed256 170 --variants gpu_decode --feed-only --json "$O/data_fed_256_before.json")
+  fed256 130 --variants gpu_decode --feed-only --separate --json "$O/data_fed_256_after.json"
+  fed256 110 --variants gpu_decode --feed-only --workers 6 --json "$O/data_fed_256_after_workers6.json"
   $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
       --maxcount 125 2>&1 | tail -1
   timeout 110 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants gpu_decode --json "$O/data_fed_flickr_after.json" 2>&1 | quiet
-  fed256 100 --workers 14 --main-threads 1 --json "$O/data_fed_256_after_threads1.json" ;;
+  fed256 100 --variants gpu_decode --feed-only --main-threads 1 --json "$O/data_fed_256_after_threads1.json" ;;
 21)
   lscpu | grep -E "^CPU\(s\)|Thread\(s\) per core|Core\(s\) per socket|Model name"
-  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
   for i in 1 2; do
-    fed256 110 --json "$O/data_fed_256_default_$i.json"
-    fed256 100 --main-threads 1 --json "$O/data_fed_256_threads1_$i.json"
+    fed256 110 --variants gpu_decode --json "$O/data_fed_256_default_$i.json"
+    fed256 100 --variants gpu_decode --main-threads 1 --json "$O/data_fed_256_threads1_$i.json"
   done
-  fed256 230 --inductor cpp_wrapper=True --json "$O/data_fed_256_cpp_wrapper.json" ;;
+  fed256 230 --variants gpu_decode --inductor cpp_wrapper=True --json "$O/data_fed_256_cpp_wrapper.json" ;;
 22)
-  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
-  fed256 150 --separate --json "$O/data_fed_256_separate.json"
-  fed256 250 --separate --skip-fed --compile-mode reduce-overhead --json "$O/data_fed_256_separate_cudagraphs.json" ;;
+  fed256 150 --variants gpu_decode --separate --json "$O/data_fed_256_separate.json"
+  fed256 250 --variants gpu_decode --separate --skip-fed --compile-mode reduce-overhead \
+      --json "$O/data_fed_256_separate_cudagraphs.json" ;;
 23)
-  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode nvimgcodec --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
   for i in 1 2; do
-    fed256 140 --separate --json "$O/data_fed_256_default_stream_$i.json"
-    fed256 120 --separate --train-stream side --json "$O/data_fed_256_side_stream_$i.json"
+    fed256 140 --variants gpu_decode nvimgcodec --separate --json "$O/data_fed_256_default_stream_$i.json"
+    fed256 120 --variants gpu_decode nvimgcodec --separate --train-stream side --json "$O/data_fed_256_side_stream_$i.json"
   done ;;
 24)
-  fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
-  fed256 150 --separate --json "$O/data_fed_256_waits.json"
-  fed256 200 --separate --skip-fed --compile-mode reduce-overhead --json "$O/data_fed_256_waits_cudagraphs.json" ;;
+  fed256 150 --variants gpu_decode --separate --json "$O/data_fed_256_waits.json"
+  fed256 200 --variants gpu_decode --separate --skip-fed --compile-mode reduce-overhead \
+      --json "$O/data_fed_256_waits_cudagraphs.json" ;;
 25)
-  timeout 280 $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 --separate --skip-fed \
-      --compile-mode reduce-overhead --stream-priorities 0 -1 --json "$O/data_fed_256_cudagraphs_priority.json" 2>&1 \
-      | quiet | grep -v "img/s" ;;
+  fed256 280 --variants gpu_decode --separate --skip-fed --compile-mode reduce-overhead --stream-priorities 0 -1 \
+      --json "$O/data_fed_256_cudagraphs_priority.json" ;;
 26)
-  timeout 250 $PY bench/data_fed.py --samples 30000 --variants gpu_decode --workers 14 --separate --skip-fed \
-      --compile-mode reduce-overhead --gpu-busy --json "$O/data_fed_256_cudagraphs_calls.json" 2>&1 | quiet | grep -v "img/s" ;;
+  fed256 250 --variants gpu_decode --separate --skip-fed --compile-mode reduce-overhead --gpu-busy \
+      --json "$O/data_fed_256_cudagraphs_calls.json" ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
