@@ -81,6 +81,8 @@ def main():
     p.add_argument("--train-stream", choices=["default", "side"], default="default",
                    help="the CUDA stream the training steps run on: the default (legacy) stream, which waits for the "
                         "work of other blocking streams in the process, or a stream of their own")
+    p.add_argument("--decode-calls", action="store_true",
+                   help="also count the CUDA API calls of one batch's decode and of its whole GPU transform")
     p.add_argument("--main-threads", type=int, default=None,
                    help="torch's intra-op CPU threads in the training process (default: torch's, one per core)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
@@ -160,7 +162,9 @@ def main():
         if kind in ("torchvision", "nvimgcodec"):
             b = next(it)
             extra[f"{name}_profile_ms"] = profile_gpu_decode(unpack_jpegs(b["images"], b["jpeg_ends"]), b.get("boxes"),
-                                                            gpu_transform, dev, size, sync, kind)
+                                                            gpu_transform, dev, size, sync, kind, args.decode_calls)
+            if args.decode_calls:
+                print(name, json.dumps(extra[f"{name}_profile_ms"]), flush=True)
         for interval, priority in [(i, p) for i in args.switch_intervals for p in args.stream_priorities]:
             row = name + (f"@{interval * 1e3:g}ms" if len(args.switch_intervals) > 1 else "") + (
                 f"@priority{priority}" if len(args.stream_priorities) > 1 else "")
@@ -336,8 +340,9 @@ def gpu_busy(step, batches, sync, steps=8):
                                         "longest_ms": longest / 1e3} for (tid, name), (total, count, longest) in top]}
 
 
-def profile_gpu_decode(jpegs, boxes, gpu_transform, dev, size, sync, decoder):
-    """Milliseconds for one batch: the decode alone, and the whole gpu_transform."""
+def profile_gpu_decode(jpegs, boxes, gpu_transform, dev, size, sync, decoder, calls=False):
+    """Milliseconds for one batch: the decode alone, and the whole gpu_transform; with ``calls``,
+    also the CUDA API calls each makes for one batch (name -> count), to find per-image waits."""
     from clipscratch.data.gpu_decode import _decode
 
     out = {}
@@ -350,7 +355,27 @@ def profile_gpu_decode(jpegs, boxes, gpu_transform, dev, size, sync, decoder):
             fn()
         sync()
         out[label] = (time.perf_counter() - t) / 3 * 1000
+        if calls:
+            out[f"{label}_cuda_calls"] = cuda_calls(fn, sync)
     return out
+
+
+def cuda_calls(fn, sync) -> dict:
+    """The CUDA runtime and driver calls one ``fn()`` makes, in any thread: name -> count."""
+    import collections
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU]) as prof:
+        fn()
+        sync()
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.load(open(f.name))["traceEvents"]
+    counts = collections.Counter(e["name"] for e in events if e.get("cat") in ("cuda_runtime", "cuda_driver"))
+    return dict(counts.most_common(12))
 
 
 if __name__ == "__main__":

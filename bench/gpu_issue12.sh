@@ -42,6 +42,7 @@
 #                                                   priority and ahead of it
 #   bash bench/gpu_issue12.sh 26 DATA_DIR OUT_DIR  # under CUDA graphs, the feeding beside a fixed batch profiled: GPU busy
 #                                                   time and the CUDA calls of each thread
+#   bash bench/gpu_issue12.sh 27 DATA_DIR OUT_DIR  # the CUDA calls of one batch's decode and GPU transform, both decoders
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -168,6 +169,8 @@ case $PART in
 26)
   fed256 250 --variants gpu_decode --separate --skip-fed --compile-mode reduce-overhead --gpu-busy \
       --json "$O/data_fed_256_cudagraphs_calls.json" ;;
+27)
+  fed256 200 --variants gpu_decode nvimgcodec --decode-calls --steps 20 --json "$O/data_fed_256_decode_calls.json" ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
