@@ -260,10 +260,8 @@ def test_gpu_decode_turns_exif_rotated_jpegs_upright_and_crops_them_as_the_cpu_p
             exif[0x0112] = 6  # shown rotated 90 degrees clockwise: portrait, top half red
             buf = io.BytesIO()
             pixels.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
-            for ext, data in (("jpg", buf.getvalue()), ("txt", f"a red and blue picture {i}".encode())):
-                info = tarfile.TarInfo(f"{i:04d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+            _tar_member(tar, f"{i:04d}.jpg", buf.getvalue())
+            _tar_member(tar, f"{i:04d}.txt", f"a red and blue picture {i}".encode())
     transform = image_transform(16, train=True, scale=(0.5, 1.0))
 
     jpeg_batch, cpu_batch = _gpu_decode_and_cpu_batches(pattern, transform, 4, seed=3, epoch=1)

@@ -289,17 +289,14 @@ def raw_jpegs(log: SkipLog, progress: WorkerProgress, crop: Optional[T.RandomRes
             return None
         box = None  # no RandomResizedCrop in the transform: gpu_transform takes the centred square
         try:
-            with Image.open(io.BytesIO(raw)) as im:  # the header only, read once for both questions
-                upright = not exif_rotated(im)
-                if upright and crop is not None:
-                    _seed_sample(seed, epoch, s)
-                    box = crop.get_params(im, crop.scale, crop.ratio)
+            with Image.open(io.BytesIO(raw)) as shown:  # the header only: orientation and size, read once
+                upright = not exif_rotated(shown)
             if not upright:  # nvJPEG ignores EXIF orientation: turn it upright here (make_shards already does)
-                image = open_image(raw)
-                raw = encode_jpeg(image)
-                if crop is not None:
-                    _seed_sample(seed, epoch, s)
-                    box = crop.get_params(image, crop.scale, crop.ratio)
+                shown = open_image(raw)
+                raw = encode_jpeg(shown)
+            if crop is not None:  # the box on the image as shown (its size needs no pixels)
+                _seed_sample(seed, epoch, s)
+                box = crop.get_params(shown, crop.scale, crop.ratio)
         except (UnreadableImage, OSError, ValueError, Image.DecompressionBombError):
             log.add("corrupt image")
             return None
