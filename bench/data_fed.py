@@ -38,7 +38,8 @@ def make_data(workdir, samples, procs):
     return f"{workdir}/part{{000..{len(jobs) - 1:03d}}}-000000.tar"
 
 
-OPTION_LABELS = {"beside": "synthetic batch, feeding running beside it", "stock": "8 fed batches in turn, no feeding"}
+OPTION_LABELS = {"beside": "synthetic batch, feeding running beside it", "stock": "8 fed batches in turn, no feeding",
+                 "process": "decoded in a process of its own"}
 VARIANTS = {  # name -> (what the workers send, description)
     "float": ("float", "real pipeline, CPU decode, float32 normalised in the workers (before)"),
     "uint8": ("uint8", "real pipeline, CPU decode, uint8 sent, normalised on the GPU (trainer default)"),
@@ -83,6 +84,9 @@ def main():
                         "work of other blocking streams in the process, or a stream of their own")
     p.add_argument("--decode-calls", action="store_true",
                    help="also count the CUDA API calls of one batch's decode and of its whole GPU transform")
+    p.add_argument("--feed-in", nargs="+", choices=["thread", "process"], default=["thread"],
+                   help="where the decode runs: a thread of the training process (as the trainer), or also a "
+                        "process of its own handing decoded batches over through CUDA IPC (rows marked 'process')")
     p.add_argument("--main-threads", type=int, default=None,
                    help="torch's intra-op CPU threads in the training process (default: torch's, one per core)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
@@ -94,9 +98,7 @@ def main():
 
     import clipscratch
     from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
-    from clipscratch.data.pipeline import ShardDataset, StreamSpec, expand_sources, make_loader
     from clipscratch.data.prefetch import prefetch_to_device, to_device
-    from clipscratch.transforms import image_transform
     from train_step import clip_loss
 
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -126,10 +128,7 @@ def main():
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def loader(kind):
-        spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=args.batch, resampled=True,
-                          batches_per_worker=10 ** 6, shuffle_buffer=2000, gpu_decode=kind in ("torchvision", "nvimgcodec"))
-        transform = image_transform(size, train=True, normalize=kind == "float")
-        return make_loader(ShardDataset(spec, transform, 77, trim_text=True), args.workers, pin_memory=dev == "cuda")
+        return fed_loader(pattern, args.batch, args.workers, size, kind, dev)
 
     def to_gpu(b, decoder="torchvision"):
         return to_device(b, torch.device(dev), size, decoder, pack_text=True)  # captions packed on the host, as the trainer
@@ -208,6 +207,15 @@ def main():
                 print(label, json.dumps(extra[f"{label}_gpu_busy"]), flush=True)
             batches.close()
         del it
+        if "process" in args.feed_in:
+            # the same feeding in a process of its own (its own interpreter and CUDA context), its
+            # decoded batches handed over through CUDA IPC: nothing of it runs in the training process
+            if not args.skip_fed:
+                with fed_by_process(pattern, args, size, kind) as fed:
+                    rows[f"{name}@process"] = timed(fed, f"{name}@process")
+            if args.separate:
+                with fed_by_process(pattern, args, size, kind) as fed:
+                    rows[f"{name}@process@beside"] = timed((fixed for _ in fed), f"{name}@process@beside")
     res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": text_len,
            "compile_mode": args.compile_mode, "prefetch": args.prefetch,
            "switch_intervals": args.switch_intervals, "stream_priorities": args.stream_priorities,
@@ -228,6 +236,65 @@ def main():
               f"| {cpu[k]['host']:.1f} | {cpu[k]['main_process']:.1f} |")
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2)
+
+
+def fed_loader(pattern, batch, workers, size, kind, dev):
+    from clipscratch.data.pipeline import ShardDataset, StreamSpec, expand_sources, make_loader
+    from clipscratch.transforms import image_transform
+
+    spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=batch, resampled=True,
+                      batches_per_worker=10 ** 6, shuffle_buffer=2000, gpu_decode=kind in ("torchvision", "nvimgcodec"))
+    transform = image_transform(size, train=True, normalize=kind == "float")
+    return make_loader(ShardDataset(spec, transform, 77, trim_text=True), workers, pin_memory=dev == "cuda")
+
+
+def feed_process(pattern, batch, workers, size, kind, dev, handed):
+    """In a process of its own: read, decode and pack batches on the GPU and put them on
+    ``handed`` (CUDA tensors travel as IPC handles; the queue's bound keeps it a few ahead)."""
+    from clipscratch.data.prefetch import to_device
+
+    try:
+        for b in fed_loader(pattern, batch, workers, size, kind, dev):
+            moved = to_device(b, torch.device(dev), size, kind, pack_text=True)
+            if moved is not None:
+                handed.put(moved)
+    except BaseException as error:  # noqa: BLE001 - reported to the training process
+        handed.put(f"feeding process failed: {error!r}")
+
+
+class fed_by_process:
+    """Batches decoded by ``feed_process`` in a spawned process, as an iterator in a ``with``."""
+
+    def __init__(self, pattern, args, size, kind):
+        import torch.multiprocessing as tmp
+
+        ctx = tmp.get_context("spawn")
+        self.handed = ctx.Queue(maxsize=max(1, args.prefetch))
+        # not a daemon: it starts the data workers itself
+        self.process = ctx.Process(target=feed_process, daemon=False,
+                                   args=(pattern, args.batch, args.workers, size, kind, args.device, self.handed))
+
+    def __enter__(self):
+        self.process.start()
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        from clipscratch.models.packing import _vary
+
+        item = self.handed.get()
+        if isinstance(item, str):
+            raise RuntimeError(item)
+        images, tokens = item
+        return images, _vary(tokens)
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.join()
+        self.handed.cancel_join_thread()
+        self.handed.close()
 
 
 class CpuMeter:

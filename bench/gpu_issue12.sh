@@ -43,6 +43,10 @@
 #   bash bench/gpu_issue12.sh 26 DATA_DIR OUT_DIR  # under CUDA graphs, the feeding beside a fixed batch profiled: GPU busy
 #                                                   time and the CUDA calls of each thread
 #   bash bench/gpu_issue12.sh 27 DATA_DIR OUT_DIR  # the CUDA calls of one batch's decode and GPU transform, both decoders
+#   bash bench/gpu_issue12.sh 28 DATA_DIR OUT_DIR  # data-fed 256 px with the decode in a thread and in a process of its own
+#                                                   (CUDA IPC), compiled by default; beside a fixed batch under CUDA graphs
+#   bash bench/gpu_issue12.sh 29 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths, compiled by default and max-autotune
+#   bash bench/gpu_issue12.sh 30 DATA_DIR OUT_DIR  # ViT-L/14 b128 Flickr8k lengths compiled: bf16 and FP8
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -171,6 +175,16 @@ case $PART in
       --json "$O/data_fed_256_cudagraphs_calls.json" ;;
 27)
   fed256 200 --variants gpu_decode nvimgcodec --decode-calls --steps 20 --json "$O/data_fed_256_decode_calls.json" ;;
+28)
+  fed256 220 --variants gpu_decode --feed-in thread process --separate --json "$O/data_fed_256_process.json"
+  fed256 250 --variants gpu_decode --feed-in thread process --separate --skip-fed --compile-mode reduce-overhead \
+      --json "$O/data_fed_256_process_cudagraphs.json" ;;
+29)
+  timeout 560 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_autotune.json" \
+      --variants open_clip clipscratch:packed clipscratch:packed@max-autotune-no-cudagraphs 2>&1 | quiet ;;
+30)
+  timeout 560 $PY bench/train_step.py --captions "$FLICKR" --models ViT-L-14 --warmup-rounds 1 --json "$O/l14_fp8.json" \
+      --variants open_clip clipscratch:packed clipscratch:packed:fp8 2>&1 | quiet ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet

@@ -13,6 +13,8 @@ rotated), tokenised; the two implementations see the same tokens:
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
   ...@eager            without torch.compile (the default compiles the step)
+  ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
+                       tries Triton matmul templates with the elementwise work fused into them)
 Synthetic images on the GPU, random init, bf16 autocast, fused AdamW, the CLIP loss; model
 FLOPs are counted (torch.utils.flop_counter, one forward+backward) on the tokens each variant
 really computes (the flop counter does not see inside flash attention's varlen kernel: the packed
@@ -109,14 +111,14 @@ def setup(variant, name, batches):
     return step, model, optimizer, images, tokens
 
 
-def measure(variant, name, batches, compiled, warmup_rounds, iters):
+def measure(variant, name, batches, compiled, warmup_rounds, iters, mode=None):
     step, model, optimizer, images, tokens = setup(variant, name, batches)
     bs = images.shape[0]
 
     with FlopCounterMode(display=False) as counter:
         step(images, tokens[0])  # one eager step (the optimizer's arithmetic is not counted)
     flops = counter.get_total_flops()  # the first batch's tokens: close to the mean
-    run = torch.compile(step) if compiled else step
+    run = torch.compile(step, mode=mode) if compiled else step
     t0 = time.perf_counter()
     for _ in range(warmup_rounds):
         for t in tokens:
@@ -133,7 +135,8 @@ def measure(variant, name, batches, compiled, warmup_rounds, iters):
     end.record()
     torch.cuda.synchronize()
     ms = start.elapsed_time(end) / iters
-    result = {"variant": variant, "model": name, "compiled": compiled, "batch": bs, "step_ms": ms,
+    result = {"variant": variant, "model": name, "compiled": compiled, "compile_mode": mode if compiled else None,
+              "batch": bs, "step_ms": ms,
               "samples_per_s": bs / ms * 1000, "host_ms": host_ms, "tflops": flops / (ms / 1000) / 1e12,
               "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "warmup_s": warm_s}
     del model, optimizer, run
@@ -178,9 +181,10 @@ def main():
                 print(json.dumps(st), flush=True)
             for spec in args.variants:
                 variant, _, how = spec.partition("@")
+                mode = how if how not in ("", "eager") else None
                 for compiled in ([True, False] if args.eager else [how != "eager"]):
                     try:
-                        r = measure(variant, name, batches, compiled, args.warmup_rounds, args.iters)
+                        r = measure(variant, name, batches, compiled, args.warmup_rounds, args.iters, mode)
                     except Exception as e:  # report and go on with the other variants
                         print(f"{variant} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                         continue
@@ -191,9 +195,10 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next((x for x in rows if x["variant"] == "open_clip" and x["model"] == r["model"] and x["compiled"]
-                    and x["captions"] == r["captions"]), None)
+                    and x.get("compile_mode") is None and x["captions"] == r["captions"]), None)
         ratio = f"{r['samples_per_s'] / ref['samples_per_s']:.2f}x" if ref else "-"
-        print(f"| {r['captions']} | {r['model']} | {r['variant']} | {r['compiled']} | {r['batch']} | {r['samples_per_s']:,.0f} | "
+        compiled = r.get("compile_mode") or r["compiled"]
+        print(f"| {r['captions']} | {r['model']} | {r['variant']} | {compiled} | {r['batch']} | {r['samples_per_s']:,.0f} | "
               f"{r['step_ms']:.1f} | {r['tflops']:.0f} | {100 * r['tflops'] / peak:.0f}% | {r['peak_gib']:.1f} | {ratio} |")
     with open(args.json, "w") as f:
         json.dump({"peak_tflops": peak, "captions": stats, "rows": rows}, f, indent=2)
