@@ -248,13 +248,17 @@ def fed_loader(pattern, batch, workers, size, kind, dev):
     return make_loader(ShardDataset(spec, transform, 77, trim_text=True), workers, pin_memory=dev == "cuda")
 
 
-def feed_process(pattern, batch, workers, size, kind, dev, handed):
+def feed_process(pattern, batch, workers, size, kind, dev, handed, stop):
     """In a process of its own: read, decode and pack batches on the GPU and put them on
-    ``handed`` (CUDA tensors travel as IPC handles; the queue's bound keeps it a few ahead)."""
+    ``handed`` (CUDA tensors travel as IPC handles; the queue's bound keeps it a few ahead)
+    until ``stop`` is set; then the loader shuts its workers down (a killed process would leave
+    them blocked on their queues)."""
     from clipscratch.data.prefetch import to_device
 
     try:
         for b in fed_loader(pattern, batch, workers, size, kind, dev):
+            if stop.is_set():
+                break
             moved = to_device(b, torch.device(dev), size, kind, pack_text=True)
             if moved is not None:
                 handed.put(moved)
@@ -269,10 +273,10 @@ class fed_by_process:
         import torch.multiprocessing as tmp
 
         ctx = tmp.get_context("spawn")
-        self.handed = ctx.Queue(maxsize=max(1, args.prefetch))
+        self.handed, self.stop = ctx.Queue(maxsize=max(1, args.prefetch)), ctx.Event()
         # not a daemon: it starts the data workers itself
         self.process = ctx.Process(target=feed_process, daemon=False,
-                                   args=(pattern, args.batch, args.workers, size, kind, args.device, self.handed))
+                                   args=(pattern, args.batch, args.workers, size, kind, args.device, self.handed, self.stop))
 
     def __enter__(self):
         self.process.start()
@@ -291,10 +295,18 @@ class fed_by_process:
         return images, _vary(tokens)
 
     def __exit__(self, *exc):
-        self.process.terminate()
+        import queue
+
+        self.stop.set()
+        deadline = time.monotonic() + 60
+        while self.process.is_alive() and time.monotonic() < deadline:  # unblock a put on the full queue
+            try:
+                self.handed.get(timeout=0.5)
+            except queue.Empty:
+                pass
+        if self.process.is_alive():
+            self.process.terminate()
         self.process.join()
-        self.handed.cancel_join_thread()
-        self.handed.close()
 
 
 class CpuMeter:

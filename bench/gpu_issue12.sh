@@ -52,7 +52,7 @@ set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
 PY=${PYTHON:-python3}
 FLICKR="$D/flickr8k-captions/Flickr8k.token.txt"; MEMES="$D/hateful-memes-text/train.jsonl"
-quiet() { grep -vE "^W[0-9]{4}|Online softmax|split the reduction|important use case|softmax\.$|^$"; }
+quiet() { grep --line-buffered -vE "^W[0-9]{4}|Online softmax|split the reduction|important use case|softmax\.$|^$"; }
 # data-fed from the 256-px shapes shards, then from the Flickr8k photos as they are: $1 and $2 are the variants
 data_fed() {
   timeout 200 $PY bench/data_fed.py --samples 30000 --workers 14 --variants $1 \
