@@ -97,7 +97,7 @@ case $PART in
       --json "$O/profile_b32_flickr.json" 2>&1 | quiet ;;
 6)
   timeout 560 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
-      --variants open_clip clipscratch:packed clipscratch:packed:fp8 2>&1 | quiet ;;
+      --variants clipscratch:packed clipscratch:packed:fp8 2>&1 | quiet ;;
 8)
   timeout 150 $PY bench/attention_shapes.py --captions "$FLICKR" --json "$O/attention_shapes.json" 2>&1 | quiet
   timeout 300 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_flickr.json" \
@@ -184,7 +184,7 @@ case $PART in
       --variants open_clip clipscratch:packed clipscratch:packed@max-autotune-no-cudagraphs 2>&1 | quiet ;;
 30)
   timeout 560 $PY bench/train_step.py --captions "$FLICKR" --models ViT-L-14 --warmup-rounds 1 --json "$O/l14_fp8.json" \
-      --variants open_clip clipscratch:packed clipscratch:packed:fp8 2>&1 | quiet ;;
+      --variants clipscratch:packed clipscratch:packed:fp8 2>&1 | quiet ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
