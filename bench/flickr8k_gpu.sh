@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-data GPU runs of the README, in one go (one H100, about 8 minutes):
+# The real-data GPU runs of the README, in one go (one H100, about 11 minutes; the fp8 step alone 5):
 #   bash bench/flickr8k_gpu.sh DATA_DIR OUT_DIR [STEPS]   (DATA_DIR: a copy of ../shared/data; STEPS: the
 #                                                          steps to run, default "train fp8 caption")
 # 1. Flickr8k shards (official train / test split of flickr8k-1000); 2. ViT-B/32 trained from
