@@ -47,7 +47,7 @@ def _worker(rank, world, port, loss_name, out_dir, sizes):
     images, tokens = _batch(sum(sizes))
     local = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
     loss_fn = ClipLoss() if loss_name == "clip" else SigLipLoss()
-    loss = plain_step(model, (images[local], tokens[local]), loss_fn, lambda l: l.backward())
+    loss = plain_step(model, (images[local], tokens[local]), loss_fn, lambda l: l.backward()).item()
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     dist.all_reduce(grads)  # DDP averages gradients over ranks
     loss_t = torch.tensor(loss)
@@ -67,7 +67,7 @@ def test_two_process_loss_and_gradients_equal_single_process(loss_name, sizes, t
     torch.manual_seed(0)
     model = clipscratch.create_model("tiny-vit", **({"init_logit_bias": -10.0} if loss_name == "siglip" else {}))
     loss_fn = ClipLoss() if loss_name == "clip" else SigLipLoss()
-    loss = plain_step(model, _batch(sum(sizes)), loss_fn, lambda l: l.backward())
+    loss = plain_step(model, _batch(sum(sizes)), loss_fn, lambda l: l.backward()).item()
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     got = torch.load(tmp_path / "dist.pt")
     assert abs(got["loss"].item() - loss) < 1e-5
@@ -81,9 +81,9 @@ def test_gradient_caching_equals_the_big_batch():
     cached = clipscratch.create_model("tiny-vit")
     cached.load_state_dict(big.state_dict())
     images, tokens = _batch(12, seed=3)
-    loss_big = plain_step(big, (images, tokens), ClipLoss(), lambda l: l.backward())
+    loss_big = plain_step(big, (images, tokens), ClipLoss(), lambda l: l.backward()).item()
     micro = [(images[i : i + 4], tokens[i : i + 4]) for i in range(0, 12, 4)]
-    loss_cached = grad_cache_step(cached, micro, ClipLoss(), lambda l: l.backward())
+    loss_cached = grad_cache_step(cached, micro, ClipLoss(), lambda l: l.backward()).item()
     assert abs(loss_big - loss_cached) < 1e-5
     for (name, a), b in zip(big.named_parameters(), cached.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7), name
@@ -96,7 +96,7 @@ def test_gradient_caching_replays_model_randomness():
     images, tokens = _batch(8, seed=4)
     micro = [(images[:4], tokens[:4]), (images[4:], tokens[4:])]
     torch.manual_seed(5)
-    loss = grad_cache_step(model, micro, ClipLoss(), lambda l: l.backward())
+    loss = grad_cache_step(model, micro, ClipLoss(), lambda l: l.backward()).item()
     grads = [p.grad.clone() for p in model.parameters()]
     # reference: the same dropped patches, obtained by replaying the same RNG stream, one big backward
     model.zero_grad()
@@ -110,3 +110,21 @@ def test_gradient_caching_replays_model_randomness():
     assert abs(ref.item() - loss) < 1e-5
     for a, p in zip(grads, model.parameters()):
         assert torch.allclose(a, p.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_a_step_hands_back_the_loss_without_reading_it(micro_batches):
+    """The training loop reads the loss only on the steps it logs: a step returns it as a
+    detached 0-dim tensor on the model's device (a float would wait for the GPU every step)."""
+    torch.manual_seed(0)
+    model = clipscratch.create_model("tiny-vit")
+    images, tokens = _batch(8, seed=6)
+    with torch.no_grad():
+        expected = ClipLoss()(*model(images, tokens)).item()
+    if micro_batches == 1:
+        loss = plain_step(model, (images, tokens), ClipLoss(), lambda l: l.backward())
+    else:
+        loss = grad_cache_step(model, [(images[:4], tokens[:4]), (images[4:], tokens[4:])], ClipLoss(), lambda l: l.backward())
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0 and not loss.requires_grad
+    assert loss.device == next(model.parameters()).device
+    assert abs(loss.item() - expected) < 1e-5

@@ -17,11 +17,11 @@ import torch
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
-def plain_step(model, batch: Batch, loss_fn, backward) -> float:
+def plain_step(model, batch: Batch, loss_fn, backward) -> torch.Tensor:
     images, tokens = batch
     loss = loss_fn(*model(images, tokens))
     backward(loss)
-    return loss.item()
+    return loss.detach()
 
 
 def _rng_state(device: torch.device):
@@ -35,7 +35,7 @@ def _set_rng_state(state, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-def grad_cache_step(model, micro_batches: List[Batch], loss_fn, backward, no_sync=None) -> float:
+def grad_cache_step(model, micro_batches: List[Batch], loss_fn, backward, no_sync=None) -> torch.Tensor:
     device = micro_batches[0][0].device
     rng_states, image_parts, text_parts = [], [], []
     with torch.no_grad():
@@ -69,12 +69,13 @@ def grad_cache_step(model, micro_batches: List[Batch], loss_fn, backward, no_syn
                     surrogate = surrogate + out.bias * grads[3]
             backward(surrogate)
     _set_rng_state(end_state, device)
-    return loss.item()
+    return loss.detach()
 
 
-def optimizer_step(model, micro_batches: List[Batch], loss_fn, accelerator, optimizer, scheduler, grad_clip: float) -> float:
+def optimizer_step(model, micro_batches: List[Batch], loss_fn, accelerator, optimizer, scheduler, grad_clip: float) -> torch.Tensor:
     """Gradients of one step (plain, or gradient caching over several micro-batches), clipping,
-    the update and the schedule; returns the loss."""
+    the update and the schedule; returns the loss, a 0-dim tensor on the model's device: reading
+    it waits for the GPU to finish the step, so the loop reads it only on the steps it logs."""
     if len(micro_batches) == 1:
         loss = plain_step(model, micro_batches[0], loss_fn, accelerator.backward)
     else:
