@@ -47,6 +47,9 @@
 #                                                   (CUDA IPC), compiled by default; beside a fixed batch under CUDA graphs
 #   bash bench/gpu_issue12.sh 29 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths, compiled by default and max-autotune
 #   bash bench/gpu_issue12.sh 30 DATA_DIR OUT_DIR  # ViT-L/14 b128 Flickr8k lengths compiled: bf16 and FP8
+#   PREV_TREE=DIR bash bench/gpu_issue12.sh 31 DATA_DIR OUT_DIR  # train.py itself fed from 256-px shards (ViT-B/32
+#                  b512, compile, data.gpu_decode, 100 steps), with DIR's train.py and package (the loss read every
+#                  step), then with this one's (read on logged steps only)
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -185,6 +188,17 @@ case $PART in
 30)
   timeout 560 $PY bench/train_step.py --captions "$FLICKR" --models ViT-L-14 --warmup-rounds 1 --json "$O/l14_fp8.json" \
       --variants clipscratch:packed clipscratch:packed:fp8 2>&1 | quiet ;;
+31)
+  $PY -c "import sys; sys.path.insert(0, 'bench'); from data_fed import make_data; print(make_data('/tmp/bench_shards', 30000, 16))"
+  trainer() {  # $1: the tree whose train.py runs, $2: its output directory
+    (cd "$1" && timeout 260 $PY train.py --config configs/cc3m_vit_b32.yaml "data.train=/tmp/bench_shards/part{000..011}-000000.tar" \
+        data.val= "evals={}" eval_every=0 data.batch_size=512 data.workers=14 data.samples_per_epoch=100000000 \
+        data.gpu_decode=true compile=true max_steps=100 log_every=20 save_every=1000000 "output_dir=$2" 2>&1 \
+        | grep --line-buffered -vE "it/s|s/it|Warning|warn" | tail -3)
+    grep -o '"step": [0-9]*\|"samples_per_s": [0-9.]*' "$2/metrics.jsonl" | paste - - ; cp "$2/metrics.jsonl" "$O/$(basename "$2")_metrics.jsonl"
+  }
+  trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before
+  trainer "$PWD" /tmp/trainer_after ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
