@@ -49,7 +49,7 @@
 #   bash bench/gpu_issue12.sh 30 DATA_DIR OUT_DIR  # ViT-L/14 b128 Flickr8k lengths compiled: bf16 and FP8
 #   PREV_TREE=DIR bash bench/gpu_issue12.sh 31 DATA_DIR OUT_DIR  # train.py itself fed from 256-px shards (ViT-B/32
 #                  b512, compile, data.gpu_decode, 100 steps), with DIR's train.py and package (the loss read every
-#                  step), then with this one's (read on logged steps only)
+#                  step), then with this one's (read on logged steps only); REVERSE=1: this one's first
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -197,8 +197,11 @@ case $PART in
         | grep --line-buffered -vE "it/s|s/it|Warning|warn" | tail -3)
     grep -o '"step": [0-9]*\|"samples_per_s": [0-9.]*' "$2/metrics.jsonl" | paste - - ; cp "$2/metrics.jsonl" "$O/$(basename "$2")_metrics.jsonl"
   }
-  trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before
-  trainer "$PWD" /tmp/trainer_after ;;
+  if [ -n "${REVERSE:-}" ]; then  # this tree first: the order's own effect (caches warmed by the first run)
+    trainer "$PWD" /tmp/trainer_after_first; trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before_second
+  else
+    trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before; trainer "$PWD" /tmp/trainer_after
+  fi ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
