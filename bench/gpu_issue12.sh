@@ -50,6 +50,8 @@
 #   PREV_TREE=DIR bash bench/gpu_issue12.sh 31 DATA_DIR OUT_DIR  # train.py itself fed from 256-px shards (ViT-B/32
 #                  b512, compile, data.gpu_decode, 100 steps), with DIR's train.py and package (the loss read every
 #                  step), then with this one's (read on logged steps only); REVERSE=1: this one's first
+#   bash bench/gpu_issue12.sh 32 DATA_DIR OUT_DIR  # train.py fed from the 1,000 Flickr8k photos as they are, decoded on
+#                                                   the GPU, by the CPU workers (the default), on the GPU again
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -64,6 +66,15 @@ data_fed() {
       --maxcount 125 2>&1 | tail -1
   timeout 150 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants $2 --json "$O/data_fed_flickr.json" 2>&1 | quiet
+}
+# train.py itself, ViT-B/32 b512 compiled, 100 steps: $1 the tree whose train.py runs, $2 its output directory,
+# $3 the shards, then train.py overrides (data.gpu_decode=true by default here); prints its logged samples/s
+trainer() {
+  (cd "$1" && timeout 260 $PY train.py --config configs/cc3m_vit_b32.yaml "data.train=$3" data.val= "evals={}" \
+      eval_every=0 data.batch_size=512 data.workers=14 data.samples_per_epoch=100000000 data.gpu_decode=true \
+      compile=true max_steps=100 log_every=20 save_every=1000000 "output_dir=$2" "${@:4}" 2>&1 \
+      | grep --line-buffered -vE "it/s|s/it|Warning|warn" | tail -3)
+  grep -o '"step": [0-9]*\|"samples_per_s": [0-9.]*' "$2/metrics.jsonl" | paste - - ; cp "$2/metrics.jsonl" "$O/$(basename "$2")_metrics.jsonl"
 }
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
@@ -190,18 +201,18 @@ case $PART in
       --variants clipscratch:packed clipscratch:packed:fp8 2>&1 | quiet ;;
 31)
   $PY -c "import sys; sys.path.insert(0, 'bench'); from data_fed import make_data; print(make_data('/tmp/bench_shards', 30000, 16))"
-  trainer() {  # $1: the tree whose train.py runs, $2: its output directory
-    (cd "$1" && timeout 260 $PY train.py --config configs/cc3m_vit_b32.yaml "data.train=/tmp/bench_shards/part{000..011}-000000.tar" \
-        data.val= "evals={}" eval_every=0 data.batch_size=512 data.workers=14 data.samples_per_epoch=100000000 \
-        data.gpu_decode=true compile=true max_steps=100 log_every=20 save_every=1000000 "output_dir=$2" 2>&1 \
-        | grep --line-buffered -vE "it/s|s/it|Warning|warn" | tail -3)
-    grep -o '"step": [0-9]*\|"samples_per_s": [0-9.]*' "$2/metrics.jsonl" | paste - - ; cp "$2/metrics.jsonl" "$O/$(basename "$2")_metrics.jsonl"
-  }
+  SHAPES='/tmp/bench_shards/part{000..011}-000000.tar'
   if [ -n "${REVERSE:-}" ]; then  # this tree first: the order's own effect (caches warmed by the first run)
-    trainer "$PWD" /tmp/trainer_after_first; trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before_second
+    trainer "$PWD" /tmp/trainer_after_first "$SHAPES"; trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before_second "$SHAPES"
   else
-    trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before; trainer "$PWD" /tmp/trainer_after
+    trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before "$SHAPES"; trainer "$PWD" /tmp/trainer_after "$SHAPES"
   fi ;;
+32)
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+  trainer "$PWD" /tmp/trainer_photos_gpu_decode '/tmp/flickr_shards/shard-{000000..000007}.tar'
+  trainer "$PWD" /tmp/trainer_photos_cpu_workers '/tmp/flickr_shards/shard-{000000..000007}.tar' data.gpu_decode=false
+  trainer "$PWD" /tmp/trainer_photos_gpu_decode_again '/tmp/flickr_shards/shard-{000000..000007}.tar' ;;  # the first ran cold
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
