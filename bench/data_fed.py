@@ -211,10 +211,10 @@ def main():
             # the same feeding in a process of its own (its own interpreter and CUDA context), its
             # decoded batches handed over through CUDA IPC: nothing of it runs in the training process
             if not args.skip_fed:
-                with fed_by_process(pattern, args, size, kind) as fed:
+                with FedByProcess(pattern, args, size, kind) as fed:
                     rows[f"{name}@process"] = timed(fed, f"{name}@process")
             if args.separate:
-                with fed_by_process(pattern, args, size, kind) as fed:
+                with FedByProcess(pattern, args, size, kind) as fed:
                     rows[f"{name}@process@beside"] = timed((fixed for _ in fed), f"{name}@process@beside")
     res = {"model": args.model, "batch": args.batch, "workers": args.workers, "text_len": text_len,
            "compile_mode": args.compile_mode, "prefetch": args.prefetch,
@@ -266,7 +266,7 @@ def feed_process(pattern, batch, workers, size, kind, dev, handed, stop):
         handed.put(f"feeding process failed: {error!r}")
 
 
-class fed_by_process:
+class FedByProcess:
     """Batches decoded by ``feed_process`` in a spawned process, as an iterator in a ``with``."""
 
     def __init__(self, pattern, args, size, kind):
@@ -286,13 +286,11 @@ class fed_by_process:
         return self
 
     def __next__(self):
-        from clipscratch.models.packing import _vary
-
         item = self.handed.get()
         if isinstance(item, str):
             raise RuntimeError(item)
         images, tokens = item
-        return images, _vary(tokens)
+        return images, tokens.to(images.device)  # already there: marks N and T dynamic again for torch.compile
 
     def __exit__(self, *exc):
         import queue

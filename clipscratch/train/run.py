@@ -148,9 +148,9 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
                     now = time.perf_counter()
                     rate = (state.samples_seen - last_samples) / max(1e-9, now - last_time)
                     last_time, last_samples = now, state.samples_seen
-                    loss, lr, scale = loss.item(), scheduler.get_last_lr()[0], core.scale().item()
-                    logger.log(state.step, {"loss": loss, "lr": lr, "scale": scale, "samples_per_s": rate, "epoch": state.epoch})
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", scale=f"{scale:.1f}", sps=f"{rate:.0f}")
+                    loss_value, lr, scale = loss.item(), scheduler.get_last_lr()[0], core.scale().item()
+                    logger.log(state.step, {"loss": loss_value, "lr": lr, "scale": scale, "samples_per_s": rate, "epoch": state.epoch})
+                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}", scale=f"{scale:.1f}", sps=f"{rate:.0f}")
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
                     evaluate()
                 if state.step % cfg.save_every == 0:
