@@ -52,6 +52,7 @@
 #                  step), then with this one's (read on logged steps only); REVERSE=1: this one's first
 #   bash bench/gpu_issue12.sh 32 DATA_DIR OUT_DIR  # train.py fed from the 1,000 Flickr8k photos as they are, decoded on
 #                                                   the GPU, by the CPU workers (the default), on the GPU again
+#   bash bench/gpu_issue12.sh 33 DATA_DIR OUT_DIR  # the same on the 256-px shapes shards
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -75,6 +76,12 @@ trainer() {
       compile=true max_steps=100 log_every=20 save_every=1000000 "output_dir=$2" "${@:4}" 2>&1 \
       | grep --line-buffered -vE "it/s|s/it|Warning|warn" | tail -3)
   grep -o '"step": [0-9]*\|"samples_per_s": [0-9.]*' "$2/metrics.jsonl" | paste - - ; cp "$2/metrics.jsonl" "$O/$(basename "$2")_metrics.jsonl"
+}
+# train.py fed by the GPU decode, by the CPU workers (the default), by the GPU decode again (the first runs cold):
+# $1 the output directories' prefix, $2 the shards
+decoders() {
+  trainer "$PWD" "$1_gpu_decode" "$2"; trainer "$PWD" "$1_cpu_workers" "$2" data.gpu_decode=false
+  trainer "$PWD" "$1_gpu_decode_again" "$2"
 }
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
@@ -210,9 +217,10 @@ case $PART in
 32)
   $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
       --maxcount 125 2>&1 | tail -1
-  trainer "$PWD" /tmp/trainer_photos_gpu_decode '/tmp/flickr_shards/shard-{000000..000007}.tar'
-  trainer "$PWD" /tmp/trainer_photos_cpu_workers '/tmp/flickr_shards/shard-{000000..000007}.tar' data.gpu_decode=false
-  trainer "$PWD" /tmp/trainer_photos_gpu_decode_again '/tmp/flickr_shards/shard-{000000..000007}.tar' ;;  # the first ran cold
+  decoders /tmp/trainer_photos '/tmp/flickr_shards/shard-{000000..000007}.tar' ;;
+33)
+  $PY -c "import sys; sys.path.insert(0, 'bench'); from data_fed import make_data; print(make_data('/tmp/bench_shards', 30000, 16))"
+  decoders /tmp/trainer_shapes '/tmp/bench_shards/part{000..011}-000000.tar' ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
