@@ -87,6 +87,10 @@ def main():
     p.add_argument("--feed-in", nargs="+", choices=["thread", "process"], default=["thread"],
                    help="where the decode runs: a thread of the training process (as the trainer), or also a "
                         "process of its own handing decoded batches over through CUDA IPC (rows marked 'process')")
+    p.add_argument("--step", choices=["bench", "trainer"], default="bench",
+                   help="bench: forward, loss, backward and AdamW compiled as one function; trainer: train.py's own "
+                        "step (accelerate's bf16, the model compiled, clipscratch's optimizer_step with clipping and "
+                        "schedule; --compile-mode and --inductor do not apply)")
     p.add_argument("--main-threads", type=int, default=None,
                    help="torch's intra-op CPU threads in the training process (default: torch's, one per core)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
@@ -112,19 +116,22 @@ def main():
         key, value = setting.split("=", 1)
         setattr(inductor_config, key, {"True": True, "False": False}.get(value, value))
     dev, size = args.device, args.image_size
-    model = clipscratch.create_model(args.model).to(dev).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
+    if args.step == "trainer":
+        step = trainer_step(args.model, dev, compiled=not args.no_compile)
+    else:
+        model = clipscratch.create_model(args.model).to(dev).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
 
-    def step(images, tokens):
-        with torch.autocast(dev, dtype=torch.bfloat16):
-            loss = clip_loss(model.encode_image(images), model.encode_text(tokens), model.scale())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+        def step(images, tokens):
+            with torch.autocast(dev, dtype=torch.bfloat16):
+                loss = clip_loss(model.encode_image(images), model.encode_text(tokens), model.scale())
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
 
-    if not args.no_compile:
-        step = torch.compile(step, mode=args.compile_mode)
+        if not args.no_compile:
+            step = torch.compile(step, mode=args.compile_mode)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
     def loader(kind):
@@ -224,6 +231,7 @@ def main():
            "slowdown_vs_synthetic": {k: v / rows["synthetic"] - 1 for k, v in rows.items()},
            "device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "cpus": os.cpu_count(),
            "main_threads": torch.get_num_threads(), "inductor": args.inductor, "train_stream": args.train_stream,
+           "step": args.step,
            "cpu_cores_busy": cpu, **extra}
     print(json.dumps(res, indent=2))
     print(f"\n| feeding | step | samples/s | vs synthetic | host cores busy (of {os.cpu_count()}) | main process |\n|---|---|---|---|---|---|")
@@ -236,6 +244,30 @@ def main():
               f"| {cpu[k]['host']:.1f} | {cpu[k]['main_process']:.1f} |")
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2)
+
+
+def trainer_step(name, dev, compiled=True):
+    """train.py's step as run.py builds it (default optimiser settings, bf16 on a GPU): the model
+    prepared by accelerate and compiled, ``optimizer_step`` with clipping and the schedule."""
+    from accelerate import Accelerator
+
+    import clipscratch
+    from clipscratch.loss import make_loss
+    from clipscratch.train.config import OptimConfig
+    from clipscratch.train.optim import make_optimizer, warmup_cosine
+    from clipscratch.train.step import optimizer_step
+
+    accelerator = Accelerator(mixed_precision="bf16" if dev == "cuda" else "no", cpu=dev == "cpu")
+    model = clipscratch.create_model(name).train()
+    model.set_text_packing(True)
+    optim = OptimConfig()
+    optimizer = make_optimizer(model, optim, fused=dev == "cuda")
+    scheduler = warmup_cosine(optimizer, optim.warmup_steps, 10 ** 6)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model = torch.compile(model) if compiled else model
+    loss_fn = make_loss("clip")
+    return lambda images, tokens: optimizer_step(model, [(images, tokens)], loss_fn, accelerator, optimizer, scheduler,
+                                                 optim.grad_clip)
 
 
 def fed_loader(pattern, batch, workers, size, kind, dev):

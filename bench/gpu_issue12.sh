@@ -53,6 +53,8 @@
 #   bash bench/gpu_issue12.sh 32 DATA_DIR OUT_DIR  # train.py fed from the 1,000 Flickr8k photos as they are, decoded on
 #                                                   the GPU, by the CPU workers (the default), on the GPU again
 #   bash bench/gpu_issue12.sh 33 DATA_DIR OUT_DIR  # the same on the 256-px shapes shards
+#   bash bench/gpu_issue12.sh 34 DATA_DIR OUT_DIR  # data_fed.py with train.py's own step: a fixed batch, the CPU
+#                                                   workers, the GPU decode
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -221,6 +223,8 @@ case $PART in
 33)
   $PY -c "import sys; sys.path.insert(0, 'bench'); from data_fed import make_data; print(make_data('/tmp/bench_shards', 30000, 16))"
   decoders /tmp/trainer_shapes '/tmp/bench_shards/part{000..011}-000000.tar' ;;
+34)
+  fed256 300 --variants uint8 gpu_decode --step trainer --json "$O/data_fed_256_trainer_step.json" ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
