@@ -55,6 +55,9 @@
 #   bash bench/gpu_issue12.sh 33 DATA_DIR OUT_DIR  # the same on the 256-px shapes shards
 #   bash bench/gpu_issue12.sh 34 DATA_DIR OUT_DIR  # data_fed.py with train.py's own step: a fixed batch, the CPU
 #                                                   workers, the GPU decode
+#   bash bench/gpu_issue12.sh 35 DATA_DIR OUT_DIR  # train.py on the 256-px shards for 250 steps, CPU workers and GPU
+#                                                   decode: the later windows come after the batches the data workers
+#                                                   buffer while the model compiles (4 a worker)
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -225,6 +228,11 @@ case $PART in
   decoders /tmp/trainer_shapes '/tmp/bench_shards/part{000..011}-000000.tar' ;;
 34)
   fed256 300 --variants uint8 gpu_decode --step trainer --json "$O/data_fed_256_trainer_step.json" ;;
+35)
+  $PY -c "import sys; sys.path.insert(0, 'bench'); from data_fed import make_data; print(make_data('/tmp/bench_shards', 30000, 16))"
+  trainer "$PWD" /tmp/trainer_long_cpu_workers '/tmp/bench_shards/part{000..011}-000000.tar' data.gpu_decode=false \
+      max_steps=250 log_every=50
+  trainer "$PWD" /tmp/trainer_long_gpu_decode '/tmp/bench_shards/part{000..011}-000000.tar' max_steps=250 log_every=50 ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
