@@ -9,7 +9,7 @@ tokenise. Used when ``data.gpu_decode`` is set. Two decoders (``data.jpeg_decode
 Crops follow RandomResizedCrop: the data workers draw each box from the JPEG header's size
 with the same per-sample seed as the CPU path, so both crop the same regions; the resize is a box-filter
 shrink by the crops' common integer factor (antialiasing) and then one batched bilinear
-``grid_sample`` per image size: close to, not bit-equal with, PIL's bicubic.
+``grid_sample`` per image size: close to, not bit-equal with, the CPU path's bicubic.
 """
 from __future__ import annotations
 
