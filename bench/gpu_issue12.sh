@@ -64,14 +64,23 @@ PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
 PY=${PYTHON:-python3}
 FLICKR="$D/flickr8k-captions/Flickr8k.token.txt"; MEMES="$D/hateful-memes-text/train.jsonl"
 quiet() { grep --line-buffered -vE "^W[0-9]{4}|Online softmax|split the reduction|important use case|softmax\.$|^$"; }
+# the 1,000 shared Flickr8k photos as they are, in 8 shards under /tmp/flickr_shards
+flickr_shards() {
+  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
+      --maxcount 125 2>&1 | tail -1
+}
 # data-fed from the 256-px shapes shards, then from the Flickr8k photos as they are: $1 and $2 are the variants
 data_fed() {
   timeout 200 $PY bench/data_fed.py --samples 30000 --workers 14 --variants $1 \
       --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s"
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
+  flickr_shards
   timeout 150 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants $2 --json "$O/data_fed_flickr.json" 2>&1 | quiet
+}
+# the 30,000 256-px shapes JPEGs data_fed.py writes (as fed256 reads them), for train.py: their pattern in $SHAPES
+SHAPES='/tmp/bench_shards/part{000..011}-000000.tar'
+shapes_shards() {
+  $PY -c "import sys; sys.path.insert(0, 'bench'); from data_fed import make_data; print(make_data('/tmp/bench_shards', 30000, 16))"
 }
 # train.py itself, ViT-B/32 b512 compiled, 100 steps: $1 the tree whose train.py runs, $2 its output directory,
 # $3 the shards, then train.py overrides (data.gpu_decode=true by default here); prints its logged samples/s
@@ -108,8 +117,7 @@ case $PART in
       clipscratch:trimmed --json "$O/max_batch_flickr.json" 2>&1 | quiet
   timeout 250 $PY bench/data_fed.py --samples 30000 --workers 14 --variants uint8 gpu_decode nvimgcodec \
       --json "$O/data_fed_256.json" 2>&1 | quiet | grep -v "img/s"
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
+  flickr_shards
   timeout 120 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants uint8 nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet ;;
 4)
@@ -160,16 +168,14 @@ case $PART in
 17)
   timeout 260 $PY bench/data_fed.py --samples 30000 --workers 14 --variants gpu_decode nvimgcodec --stream-priorities 0 -1 \
       --json "$O/data_fed_256_priority.json" 2>&1 | quiet | grep -v "img/s"
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
+  flickr_shards
   timeout 200 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants gpu_decode nvimgcodec --stream-priorities 0 -1 --json "$O/data_fed_flickr_priority.json" 2>&1 | quiet ;;
 19)
   (cd "${PREV_TREE:?PREV_TREE}" && fed256 170 --variants gpu_decode --feed-only --json "$O/data_fed_256_before.json")
   fed256 130 --variants gpu_decode --feed-only --separate --json "$O/data_fed_256_after.json"
   fed256 110 --variants gpu_decode --feed-only --workers 6 --json "$O/data_fed_256_after_workers6.json"
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
+  flickr_shards
   timeout 110 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants gpu_decode --json "$O/data_fed_flickr_after.json" 2>&1 | quiet
   fed256 100 --variants gpu_decode --feed-only --main-threads 1 --json "$O/data_fed_256_after_threads1.json" ;;
@@ -212,27 +218,25 @@ case $PART in
   timeout 560 $PY bench/train_step.py --captions "$FLICKR" --models ViT-L-14 --warmup-rounds 1 --json "$O/l14_fp8.json" \
       --variants clipscratch:packed clipscratch:packed:fp8 2>&1 | quiet ;;
 31)
-  $PY -c "import sys; sys.path.insert(0, 'bench'); from data_fed import make_data; print(make_data('/tmp/bench_shards', 30000, 16))"
-  SHAPES='/tmp/bench_shards/part{000..011}-000000.tar'
+  shapes_shards
   if [ -n "${REVERSE:-}" ]; then  # this tree first: the order's own effect (caches warmed by the first run)
     trainer "$PWD" /tmp/trainer_after_first "$SHAPES"; trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before_second "$SHAPES"
   else
     trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_before "$SHAPES"; trainer "$PWD" /tmp/trainer_after "$SHAPES"
   fi ;;
 32)
-  $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
-      --maxcount 125 2>&1 | tail -1
+  flickr_shards
   decoders /tmp/trainer_photos '/tmp/flickr_shards/shard-{000000..000007}.tar' ;;
 33)
-  $PY -c "import sys; sys.path.insert(0, 'bench'); from data_fed import make_data; print(make_data('/tmp/bench_shards', 30000, 16))"
-  decoders /tmp/trainer_shapes '/tmp/bench_shards/part{000..011}-000000.tar' ;;
+  shapes_shards
+  decoders /tmp/trainer_shapes "$SHAPES" ;;
 34)
   fed256 300 --variants uint8 gpu_decode --step trainer --json "$O/data_fed_256_trainer_step.json" ;;
 35)
-  $PY -c "import sys; sys.path.insert(0, 'bench'); from data_fed import make_data; print(make_data('/tmp/bench_shards', 30000, 16))"
-  trainer "$PWD" /tmp/trainer_long_cpu_workers '/tmp/bench_shards/part{000..011}-000000.tar' data.gpu_decode=false \
+  shapes_shards
+  trainer "$PWD" /tmp/trainer_long_cpu_workers "$SHAPES" data.gpu_decode=false \
       max_steps=250 log_every=50
-  trainer "$PWD" /tmp/trainer_long_gpu_decode '/tmp/bench_shards/part{000..011}-000000.tar' max_steps=250 log_every=50 ;;
+  trainer "$PWD" /tmp/trainer_long_gpu_decode "$SHAPES" max_steps=250 log_every=50 ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
