@@ -20,9 +20,9 @@ def to_rgb(image):
 class RandomResizedCropPixels(T.RandomResizedCrop):
     """torchvision's RandomResizedCrop (the same box from the same random draws) that returns
     uint8 pixels [3, S, S]: PIL crops, torch resizes with its antialiased bicubic filter, which
-    is PIL's own filter (PIL's result within rounding: 1-2 levels, more only near 0 and 255 where
-    PIL clips its first pass), four times as fast on a CPU core (1.05 -> 0.26 ms at 240 -> 224
-    pixels): the resize was the data workers' largest cost."""
+    is PIL's own filter (PIL's result within one level's rounding but for a few pixels beside
+    strong edges, where PIL clips its first pass), four times as fast on a CPU core (1.05 ->
+    0.26 ms at 240 -> 224 pixels): the resize was the data workers' largest cost."""
 
     def forward(self, image):
         top, left, height, width = self.get_params(image, self.scale, self.ratio)
