@@ -313,3 +313,28 @@ def test_train_crop_equals_torchvisions_pil_crop_within_rounding(shared_data, si
         far.append((diff > 1).float().mean().item())
     assert sum(far) / len(far) < 1e-3  # 0.02% seen; 0.11% in the edgiest photo
     assert sum(mean_diffs) / len(mean_diffs) < 0.1  # rounding: 0.003-0.05 seen
+
+
+@pytest.mark.parametrize("scale", [(0.9, 1.0), (0.08, 1.0), (0.999, 1.0)])
+def test_crop_box_is_torchvisions_draw_for_draw(scale):
+    """RandomResizedCropPixels.get_params (fewer torch calls a try) against torchvision's on
+    square, wide, tall and tiny images: the same box from each seed, and the generator left
+    where torchvision leaves it (the next draw equal), also when ten tries fail and the box
+    falls back to the centre (scale (0.999, 1) on a 3:1 image: no ratio in [3/4, 4/3] fits)."""
+    from torchvision import transforms as T
+
+    from clipscratch.transforms import RandomResizedCropPixels
+
+    ratio = (3 / 4, 4 / 3)
+    for height, width in [(256, 256), (375, 500), (500, 333), (96, 288), (288, 96), (1, 1), (7, 3)]:
+        image = torch.empty(3, height, width)
+        fallbacks = 0
+        for seed in range(300):
+            torch.manual_seed(seed)
+            want, want_next = T.RandomResizedCrop.get_params(image, list(scale), list(ratio)), torch.rand(1)
+            torch.manual_seed(seed)
+            got, got_next = RandomResizedCropPixels.get_params(image, list(scale), list(ratio)), torch.rand(1)
+            assert got == want and torch.equal(got_next, want_next), (height, width, seed)
+            fallbacks += got == (RandomResizedCropPixels.get_params(image, [9.0, 9.0], list(ratio)))
+        if scale == (0.999, 1.0) and width == 3 * height:
+            assert fallbacks == 300  # every seed took the fallback, which matched torchvision's

@@ -29,8 +29,9 @@ class UnreadableImage(ClipscratchError):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> an 8-bit RGB image, upright."""
-    image = ImageOps.exif_transpose(image)
+    """Any PIL image -> an 8-bit RGB image, upright (itself when it is one already: no copy)."""
+    if exif_rotated(image):
+        image = ImageOps.exif_transpose(image)
     if image.mode in _HIGH_DEPTH_MODES:
         image = Image.fromarray(_to_uint8(np.asarray(image), sixteen_bit=image.mode.startswith("I;16")), mode="L")
     return image if image.mode == "RGB" else image.convert("RGB")

@@ -332,9 +332,17 @@ def augment(transform: Callable, seed: int, epoch: int) -> Callable[[Iterator[Sa
 
 
 def _stack_shared(images: List[torch.Tensor]) -> torch.Tensor:
-    """torch.stack into shared memory: a DataLoader worker then sends the batch without
-    copying it once more into a shared segment."""
-    return torch.stack(images, out=_shared_empty((len(images), *images[0].shape), images[0].dtype))
+    """torch.stack into shared memory (a DataLoader worker then sends the batch without copying
+    it once more into a shared segment), in the images' own layout: the train crop's pixels
+    [3, S, S] are channels-last in memory, and a batch [B, 3, S, S] kept channels-last takes
+    them in plain copies (a transposing stack cost a worker as much as the resize); to_device
+    transposes it on the GPU."""
+    first = images[0]
+    if first.dim() == 3 and not first.is_contiguous() and first.permute(1, 2, 0).is_contiguous():
+        channels_last = [image.permute(1, 2, 0) for image in images]  # [S, S, 3] each, contiguous
+        out = _shared_empty((len(images), *channels_last[0].shape), first.dtype)
+        return torch.stack(channels_last, out=out).permute(0, 3, 1, 2)
+    return torch.stack(images, out=_shared_empty((len(images), *first.shape), first.dtype))
 
 
 def _cat_shared(parts: List[torch.Tensor]) -> torch.Tensor:

@@ -123,7 +123,7 @@ def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: 
             skipped["corrupt image"] = skipped.get("corrupt image", 0) + int((~keep).sum())
             tokens = tokens[keep]
     else:
-        images = batch["images"].to(device, non_blocking=True)
+        images = batch["images"].to(device, non_blocking=True).contiguous()  # channels-last from the workers' crop
         images = normalize_images(images) if images.dtype == torch.uint8 else images
     tokens = pack_tokens(tokens) if pack_text else tokens
     return images, tokens.to(device, non_blocking=True)
