@@ -58,6 +58,13 @@
 #   bash bench/gpu_issue12.sh 35 DATA_DIR OUT_DIR  # train.py on the 256-px shards for 250 steps, CPU workers and GPU
 #                                                   decode: the later windows come after the batches the data workers
 #                                                   buffer while the model compiles (4 a worker)
+#   PREV_TREE=DIR bash bench/gpu_issue12.sh 36 DATA_DIR OUT_DIR  # train.py on the 256-px shards for 250 steps with
+#                  the CPU workers: this tree, DIR's (commit bf7c757: the crop before the channels-last view), this
+#                  tree again
+#   bash bench/gpu_issue12.sh 37 DATA_DIR OUT_DIR  # data_fed.py with train.py's step, a fixed batch and the CPU
+#                                                   workers; train.py on the Flickr8k photos for 250 steps, CPU workers
+#   bash bench/gpu_issue12.sh 38 DATA_DIR OUT_DIR  # as part 37's first row, with the feeding beside a fixed batch and
+#                                                   fed batches in turn; with 14 and with 8 workers
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -237,6 +244,22 @@ case $PART in
   trainer "$PWD" /tmp/trainer_long_cpu_workers "$SHAPES" data.gpu_decode=false \
       max_steps=250 log_every=50
   trainer "$PWD" /tmp/trainer_long_gpu_decode "$SHAPES" max_steps=250 log_every=50 ;;
+36)
+  $PY -c "import torch; x = torch.zeros(2, 4, 4, 3, dtype=torch.uint8).permute(0, 3, 1, 2); print('pinned keeps channels-last:', x.pin_memory().stride() == x.stride())"
+  shapes_shards
+  steady="data.gpu_decode=false max_steps=250 log_every=50"
+  trainer "$PWD" /tmp/trainer_cpu_new "$SHAPES" $steady
+  trainer "${PREV_TREE:?PREV_TREE}" /tmp/trainer_cpu_old "$SHAPES" $steady
+  trainer "$PWD" /tmp/trainer_cpu_new_again "$SHAPES" $steady ;;
+37)
+  fed256 280 --variants uint8 --step trainer --json "$O/data_fed_256_trainer_step_cpu.json"
+  flickr_shards
+  trainer "$PWD" /tmp/trainer_photos_cpu '/tmp/flickr_shards/shard-{000000..000007}.tar' data.gpu_decode=false \
+      max_steps=250 log_every=50 ;;
+38)
+  fed256 280 --variants uint8 --step trainer --separate --json "$O/data_fed_256_trainer_step_cpu_separate.json"
+  fed256 250 --variants uint8 --step trainer --separate --workers 8 \
+      --json "$O/data_fed_256_trainer_step_cpu_separate_workers8.json" ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
