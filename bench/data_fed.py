@@ -9,6 +9,7 @@ times compiled clipscratch ViT-B/32 steps (bf16, batch 512) fed by ShardDataset
 fixed on-GPU batch, for each way of feeding (--variants), and prints a table.
 """
 import argparse
+import functools
 import itertools
 import json
 import multiprocessing as mp
@@ -90,7 +91,11 @@ def main():
     p.add_argument("--step", choices=["bench", "trainer"], default="bench",
                    help="bench: forward, loss, backward and AdamW compiled as one function; trainer: train.py's own "
                         "step (accelerate's bf16, the model compiled, clipscratch's optimizer_step with clipping and "
-                        "schedule; --compile-mode and --inductor do not apply)")
+                        "schedule; --compile-mode reduce-overhead is train.py's cuda_graphs=true; --inductor does "
+                        "not apply)")
+    p.add_argument("--bucket", type=int, default=0,
+                   help="pack the text filled to a multiple of this many tokens (train.py's cuda_graphs=true: 256), "
+                        "so that CUDA graphs record a few shapes instead of one for every batch")
     p.add_argument("--main-threads", type=int, default=None,
                    help="torch's intra-op CPU threads in the training process (default: torch's, one per core)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "data_fed.json"))
@@ -103,6 +108,7 @@ def main():
     import clipscratch
     from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
     from clipscratch.data.prefetch import prefetch_to_device, to_device
+    from clipscratch.models.packing import pack_tokens
     from train_step import clip_loss
 
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -117,7 +123,7 @@ def main():
         setattr(inductor_config, key, {"True": True, "False": False}.get(value, value))
     dev, size = args.device, args.image_size
     if args.step == "trainer":
-        step = trainer_step(args.model, dev, compiled=not args.no_compile)
+        step = trainer_step(args.model, dev, compiled=not args.no_compile, mode=args.compile_mode)
     else:
         model = clipscratch.create_model(args.model).to(dev).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
@@ -138,7 +144,8 @@ def main():
         return fed_loader(pattern, args.batch, args.workers, size, kind, dev)
 
     def to_gpu(b, decoder="torchvision"):
-        return to_device(b, torch.device(dev), size, decoder, pack_text=True)  # captions packed on the host, as the trainer
+        pack = functools.partial(pack_tokens, bucket=args.bucket)  # captions packed on the host, as the trainer
+        return to_device(b, torch.device(dev), size, decoder, pack=pack)
 
     cpu = {}  # row -> the host's CPU use during its timed steps
 
@@ -246,9 +253,10 @@ def main():
         json.dump(res, f, indent=2)
 
 
-def trainer_step(name, dev, compiled=True):
+def trainer_step(name, dev, compiled=True, mode=None):
     """train.py's step as run.py builds it (default optimiser settings, bf16 on a GPU): the model
-    prepared by accelerate and compiled, ``optimizer_step`` with clipping and the schedule."""
+    prepared by accelerate and compiled (``mode``: torch.compile's; reduce-overhead is train.py's
+    cuda_graphs=true), ``optimizer_step`` with clipping and the schedule."""
     from accelerate import Accelerator
 
     import clipscratch
@@ -264,10 +272,15 @@ def trainer_step(name, dev, compiled=True):
     optimizer = make_optimizer(model, optim, fused=dev == "cuda")
     scheduler = warmup_cosine(optimizer, optim.warmup_steps, 10 ** 6)
     model, optimizer = accelerator.prepare(model, optimizer)
-    model = torch.compile(model) if compiled else model
+    model = torch.compile(model, mode=mode) if compiled else model
     loss_fn = make_loss("clip")
-    return lambda images, tokens: optimizer_step(model, [(images, tokens)], loss_fn, accelerator, optimizer, scheduler,
-                                                 optim.grad_clip)
+
+    def step(images, tokens):
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        return optimizer_step(model, [(images, tokens)], loss_fn, accelerator, optimizer, scheduler, optim.grad_clip)
+
+    return step
 
 
 def fed_loader(pattern, batch, workers, size, kind, dev):
@@ -286,12 +299,13 @@ def feed_process(pattern, batch, workers, size, kind, dev, handed, stop):
     until ``stop`` is set; then the loader shuts its workers down (a killed process would leave
     them blocked on their queues)."""
     from clipscratch.data.prefetch import to_device
+    from clipscratch.models.packing import pack_tokens
 
     try:
         for b in fed_loader(pattern, batch, workers, size, kind, dev):
             if stop.is_set():
                 break
-            moved = to_device(b, torch.device(dev), size, kind, pack_text=True)
+            moved = to_device(b, torch.device(dev), size, kind, pack=pack_tokens)
             if moved is not None:
                 handed.put(moved)
     except BaseException as error:  # noqa: BLE001 - reported to the training process

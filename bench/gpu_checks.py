@@ -1,7 +1,8 @@
 """Correctness of the speed options on a GPU, in one run (prints a table; raw JSON to $OUT):
 
 1. packed text == padded text (fp32, TF32 off, ViT-B/32 random init, real Flickr8k captions), and in
-   bf16 with flash attention's varlen kernel as close to fp32 as the padded batch;
+   bf16 with flash attention's varlen kernel as close to fp32 as the padded batch, also when filled
+   for CUDA graphs (bucket=256: one-token rows and empty rows in the kernel's cu_seqlens);
 2. gradient caching with patch dropout == the big batch with the same dropped patches (the CUDA
    generator replayed, not only the CPU one);
 3. the FP8 linear == its own emulation (quantised operands, float32 products);
@@ -9,7 +10,7 @@
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
 
-    python bench/gpu_checks.py --captions ../shared/data/flickr8k-captions/Flickr8k.token.txt --photos DIR
+    python bench/gpu_checks.py --captions ../shared/data/flickr8k-captions/Flickr8k.token.txt --photos DIR [--only "packed text"]
 """
 import argparse
 import glob
@@ -56,7 +57,9 @@ def packed_vs_padded(captions_path):
     fp, gp = run(packed, False)
     f16, g16 = run(tokens, True)
     fv, gv = run(packed, True)
-    return {"fp32_packed_features_rel_err": rel(fp, f32), "fp32_packed_grads_rel_err": rel(gp, g32),
+    ff, gf = run(pack_tokens(tokens.cpu(), bucket=256).to("cuda"), True)
+    return {"bf16_filled_features_rel_err_vs_packed": rel(ff, fv), "bf16_filled_grads_rel_err_vs_packed": rel(gf, gv),
+            "bf16_filled_features_rel_err_vs_fp32": rel(ff, f32), "bf16_filled_grads_rel_err_vs_fp32": rel(gf, g32),"fp32_packed_features_rel_err": rel(fp, f32), "fp32_packed_grads_rel_err": rel(gp, g32),
             "bf16_uses_flash_varlen": uses_flash_varlen(images.bfloat16()),
             "bf16_padded_features_rel_err_vs_fp32": rel(f16, f32), "bf16_packed_features_rel_err_vs_fp32": rel(fv, f32),
             "bf16_padded_grads_rel_err_vs_fp32": rel(g16, g32), "bf16_packed_grads_rel_err_vs_fp32": rel(gv, g32)}
@@ -132,12 +135,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", required=True)
     p.add_argument("--photos", required=True)
+    p.add_argument("--only", nargs="+", help="run only these checks, by the names the table prints")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     results = {}
     for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
                      ("fp8 linear", fp8_vs_emulation), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
+        if args.only and name not in args.only:
+            continue
         try:
             results[name] = fn()
         except Exception as e:

@@ -65,6 +65,9 @@
 #                                                   workers; train.py on the Flickr8k photos for 250 steps, CPU workers
 #   bash bench/gpu_issue12.sh 38 DATA_DIR OUT_DIR  # as part 37's first row, with the feeding beside a fixed batch and
 #                                                   fed batches in turn; with 14 and with 8 workers
+#   bash bench/gpu_issue12.sh 39 DATA_DIR OUT_DIR  # CUDA graphs (train.py's cuda_graphs=true): packed text filled for
+#                                                   them checked on the GPU; train.py's step fixed and fed by the CPU
+#                                                   workers under them; train.py itself for 250 steps, CPU workers
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -260,6 +263,12 @@ case $PART in
   fed256 280 --variants uint8 --step trainer --separate --json "$O/data_fed_256_trainer_step_cpu_separate.json"
   fed256 250 --variants uint8 --step trainer --separate --workers 8 \
       --json "$O/data_fed_256_trainer_step_cpu_separate_workers8.json" ;;
+39)
+  timeout 120 $PY bench/gpu_checks.py --captions "$D/flickr8k-captions/Flickr8k.token.txt" --photos "$D/flickr8k-1000/images" \
+      --only "packed text" 2>&1 | quiet
+  fed256 280 --variants uint8 --step trainer --separate --compile-mode reduce-overhead --bucket 256 \
+      --json "$O/data_fed_256_trainer_step_cpu_cudagraphs.json"
+  trainer "$PWD" /tmp/trainer_cpu_cudagraphs "$SHAPES" data.gpu_decode=false cuda_graphs=true max_steps=250 log_every=50 ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet

@@ -404,6 +404,45 @@ def test_packed_text_reaches_the_full_context_on_hateful_memes_text(shared_data)
         assert _rel(a.encode_text(packed), a.encode_text(batch)) <= 1e-12
 
 
+@pytest.mark.parametrize("source", ["flickr8k", "hateful-memes"])
+def test_packing_filled_for_cuda_graphs_changes_no_feature_loss_or_gradient(shared_data, source):
+    """cuda_graphs=true packs with bucket=256: the sequence filled to a multiple of 256 tokens
+    by one-token rows of their own, the longest caption's T rounded up to a multiple of 8 but
+    never past the context (Hateful Memes reaches 77). The captions' features, the loss and
+    every gradient are the unfilled packing's: float64, exact to rounding (1e-12); fillers
+    leaking into a caption (attention across rows, or a pooled filler) change them at order 1."""
+    import os
+
+    from clipscratch.data.captions import read_table
+    from clipscratch.models.packing import pack_tokens
+
+    if source == "flickr8k":
+        tokens = _flickr_tokens(shared_data)
+    else:
+        captions = [c for r in read_table(os.path.join(shared_data, "hateful-memes-text", "train.jsonl")) for c in r.captions]
+        every = clipscratch.tokenize(captions, truncate=True)
+        order = (every.argmax(-1) + 1).argsort()
+        tokens = every[torch.cat([order[:24], order[-24:]])]  # the shortest and the longest, several at 77 tokens
+    plain, filled = pack_tokens(tokens), pack_tokens(tokens, bucket=256, context_length=77)
+    B, (_, T) = len(tokens), plain.layout.shape
+    N, fillers = plain.ids.shape[0], filled.ids.shape[0] - plain.ids.shape[0]
+    assert filled.ids.shape[0] % 256 == 0 and 0 <= fillers < 256
+    assert filled.layout.shape == (B + 256, T if T == 77 else -(-T // 8) * 8) and (T == 77) == (source != "flickr8k")
+    assert filled.starts.shape == (B + 257,) and int(filled.starts[-1]) == N + fillers
+    assert torch.equal(filled.ends, plain.ends) and torch.equal(filled.ids[:N], plain.ids)
+    assert (filled.positions[N:] == 0).all() and torch.equal(filled.positions[:N], plain.positions)
+    a, _ = _pair()
+    a = a.double()
+    images = torch.randn(B, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert _rel(a.encode_text(filled), a.encode_text(plain)) <= 1e-12
+    la, ga = _loss_and_grads(a, (images, plain))
+    lb, gb = _loss_and_grads(a, (images, filled))
+    assert abs(la - lb) <= 1e-12 * abs(la)
+    errors = {n: _rel(y, x) for (n, _), x, y in zip(a.named_parameters(), ga, gb) if x.abs().max() > 0}
+    assert max(errors.values()) <= 1e-12, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+
+
 def test_packed_text_longer_than_the_context_is_refused_in_one_line():
     from clipscratch.errors import TextTooLongError
     from clipscratch.models.packing import pack_tokens

@@ -71,9 +71,12 @@ def test_unknown_keys_wrong_types_and_out_of_range_values_are_clear_errors():
                               ("max_steps=-5", "'max_steps' must be >= 0"), ("precision=fp8", "'precision' must be one of"),
                               ("evals={nope: {}}", "unknown evaluator 'evals.nope'"),
                               ("evals={shapes: {pictures: 3}}", "unknown config key 'evals.shapes.pictures'"),
-                              ("model=ViT-Z/99", "unknown model 'ViT-Z/99'")):
+                              ("model=ViT-Z/99", "unknown model 'ViT-Z/99'"),
+                              ("cuda_graphs=true", "'cuda_graphs' must be false without compile=true"),
+                              ("cuda_graphs=true\ncompile=true\naccum_steps=2", "'cuda_graphs' must be false with accum_steps > 1")):
         with pytest.raises(ClipscratchError, match=message):
-            resolve(None, [override, "data.train=x.tar"])
+            resolve(None, [*override.split("\n"), "data.train=x.tar"])
+    assert resolve(None, ["cuda_graphs=true", "compile=true", "data.train=x.tar"]).cuda_graphs
     with pytest.raises(ClipscratchError, match="'data.train' must be a shard pattern"):
         resolve(None, [])
 
@@ -342,7 +345,9 @@ def test_to_device_drops_jpegs_the_gpu_cannot_decode_and_counts_them_in_the_batc
     assert images.shape == (2, 3, 32, 32) and tokens[:, 0].tolist() == [0, 2]
     assert batch["skipped"] == {"missing caption": 2, "corrupt image": 1}
     batch["tokens"] = clipscratch.tokenize(["a red square", "", "two blue circles on grey"])
-    _, packed = to_device(batch, torch.device("cpu"), 32, pack_text=True)  # the surviving captions, packed
+    from clipscratch.models.packing import pack_tokens
+
+    _, packed = to_device(batch, torch.device("cpu"), 32, pack=pack_tokens)  # the surviving captions, packed
     assert packed.ids.tolist() == [t for i in (0, 2) for t in batch["tokens"][i].tolist() if t]
     assert packed.starts.tolist() == [0, 5, 12] and packed.layout.shape == (2, 7)
 

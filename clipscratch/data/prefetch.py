@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import torch
 
-from ..models.packing import PackedTokens, pack_tokens
+from ..models.packing import PackedTokens
 
 _DONE = object()
 
@@ -98,11 +98,12 @@ def prefetch_to_device(batches: Iterable[Any], to_device: Callable[[Any], Any], 
         sys.setswitchinterval(previous_interval)
 
 
-def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: str = "auto", pack_text: bool = False
+def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: str = "auto",
+              pack: Optional[Callable[[torch.Tensor], PackedTokens]] = None
               ) -> Optional[Tuple[torch.Tensor, Union[torch.Tensor, PackedTokens]]]:
-    """A loader batch -> (normalised images [B, 3, S, S], tokens [B, T] or, with ``pack_text``,
-    the captions packed on the host: models/packing.py) on ``device``; None for a worker's
-    closing tally of skipped samples.
+    """A loader batch -> (normalised images [B, 3, S, S], tokens [B, T] or, with ``pack``
+    (models/packing.py's pack_tokens, or a partial of it), the captions packed by it on the
+    host) on ``device``; None for a worker's closing tally of skipped samples.
 
     Workers send uint8 pixels (normalised here, a quarter of the bytes through shared and pinned
     memory) or, with ``data.gpu_decode``, packed JPEG bytes decoded here; an image that fails to
@@ -125,5 +126,5 @@ def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: 
     else:
         images = batch["images"].to(device, non_blocking=True).contiguous()  # channels-last from the workers' crop
         images = normalize_images(images) if images.dtype == torch.uint8 else images
-    tokens = pack_tokens(tokens) if pack_text else tokens
+    tokens = pack(tokens) if pack is not None else tokens
     return images, tokens.to(device, non_blocking=True)

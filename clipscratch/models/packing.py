@@ -22,18 +22,15 @@ import torch.nn.functional as F
 
 
 class PackedTokens(NamedTuple):
-    """B captions of lengths l_b (through the end token) packed into N = sum(l_b) tokens."""
+    """B captions of lengths l_b (through the end token) packed into N = sum(l_b) tokens, and
+    with ``pack_tokens(..., bucket=K)`` filler tokens after them (below)."""
 
     ids: torch.Tensor  # [N] long: token ids, caption after caption
     positions: torch.Tensor  # [N] long: each token's position in its caption
-    starts: torch.Tensor  # [B + 1] int32: where each caption begins; starts[B] = N (flash's cu_seqlens)
-    slots: torch.Tensor  # [N] long: b * T + t, the token's place in the padded layout [B, T]
-    layout: torch.Tensor  # [B, T] bool: the padded layout's real tokens (T = the longest caption)
-
-    @property
-    def ends(self) -> torch.Tensor:
-        """[B] long: each caption's end-of-text token in the packed sequence."""
-        return self.starts[1:].long() - 1
+    starts: torch.Tensor  # [R + 1] int32: where each row (caption or filler) begins; starts[R] = N (flash's cu_seqlens)
+    slots: torch.Tensor  # [N] long: r * T + t, the token's place in the padded layout [R, T]
+    layout: torch.Tensor  # [R, T] bool: the padded layout's real tokens (T >= the longest caption)
+    ends: torch.Tensor  # [B] long: each caption's end-of-text token in the packed sequence
 
     def to(self, device, non_blocking: bool = False) -> "PackedTokens":
         """On ``device``. From the host to a GPU without waiting: through pinned memory (a copy
@@ -51,15 +48,30 @@ def _vary(packed: PackedTokens) -> PackedTokens:
     return packed
 
 
-def pack_tokens(tokens: torch.Tensor) -> PackedTokens:
-    """Token ids [B, L] -> PackedTokens (on the ids' device; on a GPU this waits for it once)."""
+def pack_tokens(tokens: torch.Tensor, bucket: int = 0, context_length: int = 77) -> PackedTokens:
+    """Token ids [B, L] -> PackedTokens (on the ids' device; on a GPU this waits for it once).
+
+    ``bucket=K`` (for CUDA graphs, which replay one recording per shape): the sequence is filled
+    up to a multiple of K tokens and T to a multiple of 8 (at most ``context_length``, the text
+    tower's), so that a few shapes cover every batch. The fillers are K more rows of the layout:
+    as many as needed hold one token each (a caption of its own, attending to itself), the rest
+    are empty; no caption sees them and nothing reads their outputs, so the captions' features
+    are what they are unfilled."""
+    B = len(tokens)
     lengths = tokens.argmax(dim=-1) + 1  # [B]: through the end-of-text token
     T = int(lengths.max())
-    layout = torch.arange(T, device=tokens.device) < lengths[:, None]  # [B, T]
+    ids = tokens[:, :T]  # [B, T]
+    if bucket:
+        T = max(T, min(-(-T // 8) * 8, context_length))
+        filler = -int(lengths.sum()) % bucket
+        lengths = torch.cat([lengths, (torch.arange(bucket, device=tokens.device) < filler).to(lengths.dtype)])
+        ids = F.pad(ids, (0, T - ids.shape[1], 0, bucket))  # [B + K, T]: filler ids 0
+    layout = torch.arange(T, device=tokens.device) < lengths[:, None]  # [R, T]
     slots = layout.flatten().nonzero().squeeze(1)  # [N]
-    starts = torch.zeros(len(tokens) + 1, dtype=torch.int32, device=tokens.device)
+    starts = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=tokens.device)
     starts[1:] = lengths.cumsum(0)
-    return _vary(PackedTokens(tokens[:, :T].reshape(-1)[slots], slots % T, starts, slots, layout))
+    ends = starts[1 : B + 1].long() - 1  # [B]
+    return _vary(PackedTokens(ids.reshape(-1)[slots], slots % T, starts, slots, layout, ends))
 
 
 def _flash_varlen():

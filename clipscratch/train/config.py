@@ -75,6 +75,10 @@ class TrainConfig:
     pack_text: bool = True
     fp8: bool = False  # attention and MLP projections in FP8 (models/fp8.py; Hopper GPUs, with precision=bf16)
     compile: bool = False
+    # with compile: the step's forward and backward replayed as CUDA graphs (torch.compile's reduce-overhead), so the
+    # host launches a step in a few ms and busy data workers cannot slow it; packed text is filled to a multiple of
+    # 256 tokens (models/packing.py) so that a few recordings cover every batch
+    cuda_graphs: bool = False
     freeze: List[str] = field(default_factory=list)  # parts or parameter patterns (models/parts.py), e.g. "image" for LiT
     seed: int = 0
     output_dir: str = "runs/default"
@@ -245,6 +249,9 @@ def check(cfg: TrainConfig) -> None:
     _require(cfg.epochs >= 1, "epochs", ">= 1", cfg.epochs)
     _require(cfg.max_steps >= 0, "max_steps", ">= 0 (0: run all epochs)", cfg.max_steps)
     _require(cfg.accum_steps >= 1, "accum_steps", ">= 1", cfg.accum_steps)
+    _require(not cfg.cuda_graphs or cfg.compile, "cuda_graphs", "false without compile=true", cfg.cuda_graphs)
+    _require(not cfg.cuda_graphs or cfg.accum_steps == 1, "cuda_graphs",
+             "false with accum_steps > 1 (gradient caching runs every micro-batch forward before the backwards)", cfg.cuda_graphs)
     _require(cfg.precision in ("no", "bf16", "fp16"), "precision", "one of no, bf16, fp16", cfg.precision)
     _require(cfg.loss in ("clip", "siglip"), "loss", "one of clip, siglip", cfg.loss)
     for key in ("save_every", "keep_checkpoints", "log_every"):

@@ -9,6 +9,7 @@ generators (``generators.py``) and evaluators (``evaluators.py``).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from ..errors import ClipscratchError
 from ..loading import load
 from ..loss import make_loss
 from ..models import create_model
+from ..models.packing import pack_tokens
 from ..transforms import image_transform
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
@@ -83,7 +85,9 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)  # the CLIP itself: checkpoints and evaluators use it
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode="reduce-overhead" if cfg.cuda_graphs else None)
+    bucket = 256 if cfg.cuda_graphs else 0  # packed text filled to a few shapes: one graph recording each
+    pack = functools.partial(pack_tokens, bucket=bucket, context_length=context_length) if cfg.pack_text else None
 
     # ---- resume
     state = ckpt.TrainState()
@@ -129,7 +133,7 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
             loader = epoch_loader(cfg, sources, counts, state, rank, world, image_size, context_length,
                                   pin_memory=device.type == "cuda")
             micro, batches = [], 0
-            for batch, on_device in prefetch_to_device(loader, lambda b: to_device(b, device, image_size, cfg.data.jpeg_decoder, cfg.pack_text), device):
+            for batch, on_device in prefetch_to_device(loader, lambda b: to_device(b, device, image_size, cfg.data.jpeg_decoder, pack), device):
                 skipped.update(batch["skipped"])
                 if on_device is None:  # a worker's closing tally
                     continue
@@ -139,6 +143,8 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
                 micro.append(on_device)
                 if len(micro) < cfg.accum_steps:
                     continue
+                if cfg.cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done with
                 loss = optimizer_step(model, micro, loss_fn, accelerator, optimizer, scheduler, cfg.optim.grad_clip)
                 micro = []
                 state.step += 1
