@@ -68,6 +68,8 @@
 #   bash bench/gpu_issue12.sh 39 DATA_DIR OUT_DIR  # CUDA graphs (train.py's cuda_graphs=true): packed text filled for
 #                                                   them checked on the GPU; train.py's step fixed and fed by the CPU
 #                                                   workers under them; train.py itself for 250 steps, CPU workers
+#   bash bench/gpu_issue12.sh 40 DATA_DIR OUT_DIR  # train.py with cuda_graphs=true and the CPU workers: 600 steps on
+#                                                   the 256-px shards, 300 on the Flickr8k photos as they are
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -269,6 +271,13 @@ case $PART in
   fed256 280 --variants uint8 --step trainer --separate --compile-mode reduce-overhead --bucket 256 \
       --json "$O/data_fed_256_trainer_step_cpu_cudagraphs.json"
   trainer "$PWD" /tmp/trainer_cpu_cudagraphs "$SHAPES" data.gpu_decode=false cuda_graphs=true max_steps=250 log_every=50 ;;
+40)
+  shapes_shards
+  trainer "$PWD" /tmp/trainer_cpu_cudagraphs_long "$SHAPES" data.gpu_decode=false cuda_graphs=true max_steps=600 \
+      log_every=50
+  flickr_shards
+  trainer "$PWD" /tmp/trainer_photos_cpu_cudagraphs '/tmp/flickr_shards/shard-{000000..000007}.tar' \
+      data.gpu_decode=false cuda_graphs=true max_steps=300 log_every=50 ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet
