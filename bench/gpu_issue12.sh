@@ -70,6 +70,8 @@
 #                                                   workers under them; train.py itself for 250 steps, CPU workers
 #   bash bench/gpu_issue12.sh 40 DATA_DIR OUT_DIR  # train.py with cuda_graphs=true and the CPU workers: 600 steps on
 #                                                   the 256-px shards, 300 on the Flickr8k photos as they are
+#   bash bench/gpu_issue12.sh 41 DATA_DIR OUT_DIR  # the 14 CPU workers' production rate alone over 200 batches;
+#                                                   train.py, cuda_graphs=true, 600 steps, T fixed at the context
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -278,6 +280,11 @@ case $PART in
   flickr_shards
   trainer "$PWD" /tmp/trainer_photos_cpu_cudagraphs '/tmp/flickr_shards/shard-{000000..000007}.tar' \
       data.gpu_decode=false cuda_graphs=true max_steps=300 log_every=50 ;;
+41)
+  timeout 200 $PY bench/feed_profile.py --workers 14 --batches 200 --json "$O/feed_profile_workers14.json" 2>&1 \
+      | quiet | tail -4
+  trainer "$PWD" /tmp/trainer_cpu_cudagraphs_context "$SHAPES" data.gpu_decode=false cuda_graphs=true max_steps=600 \
+      log_every=50 ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet

@@ -407,8 +407,8 @@ def test_packed_text_reaches_the_full_context_on_hateful_memes_text(shared_data)
 @pytest.mark.parametrize("source", ["flickr8k", "hateful-memes"])
 def test_packing_filled_for_cuda_graphs_changes_no_feature_loss_or_gradient(shared_data, source):
     """cuda_graphs=true packs with bucket=256: the sequence filled to a multiple of 256 tokens
-    by one-token rows of their own, the longest caption's T rounded up to a multiple of 8 but
-    never past the context (Hateful Memes reaches 77). The captions' features, the loss and
+    by one-token rows of their own, T the context's 77 whatever the longest caption (Flickr8k's
+    are shorter, Hateful Memes reaches 77). The captions' features, the loss and
     every gradient are the unfilled packing's: float64, exact to rounding (1e-12); fillers
     leaking into a caption (attention across rows, or a pooled filler) change them at order 1."""
     import os
@@ -427,7 +427,7 @@ def test_packing_filled_for_cuda_graphs_changes_no_feature_loss_or_gradient(shar
     B, (_, T) = len(tokens), plain.layout.shape
     N, fillers = plain.ids.shape[0], filled.ids.shape[0] - plain.ids.shape[0]
     assert filled.ids.shape[0] % 256 == 0 and 0 <= fillers < 256
-    assert filled.layout.shape == (B + 256, T if T == 77 else -(-T // 8) * 8) and (T == 77) == (source != "flickr8k")
+    assert filled.layout.shape == (B + 256, 77) and (T == 77) == (source != "flickr8k")
     assert filled.starts.shape == (B + 257,) and int(filled.starts[-1]) == N + fillers
     assert torch.equal(filled.ends, plain.ends) and torch.equal(filled.ids[:N], plain.ids)
     assert (filled.positions[N:] == 0).all() and torch.equal(filled.positions[:N], plain.positions)
@@ -451,3 +451,5 @@ def test_packed_text_longer_than_the_context_is_refused_in_one_line():
     long = clipscratch.tokenize(["word " * 78], context_length=80, truncate=True)  # 80 tokens with start and end
     with pytest.raises(TextTooLongError, match="a caption has 80 tokens, more than this model's context_length=77"):
         a.encode_text(pack_tokens(long))
+    with pytest.raises(TextTooLongError, match="a caption has 80 tokens"):  # filled for CUDA graphs too
+        a.encode_text(pack_tokens(long, bucket=256, context_length=77))

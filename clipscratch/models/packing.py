@@ -52,17 +52,18 @@ def pack_tokens(tokens: torch.Tensor, bucket: int = 0, context_length: int = 77)
     """Token ids [B, L] -> PackedTokens (on the ids' device; on a GPU this waits for it once).
 
     ``bucket=K`` (for CUDA graphs, which replay one recording per shape): the sequence is filled
-    up to a multiple of K tokens and T to a multiple of 8 (at most ``context_length``, the text
-    tower's), so that a few shapes cover every batch. The fillers are K more rows of the layout:
-    as many as needed hold one token each (a caption of its own, attending to itself), the rest
-    are empty; no caption sees them and nothing reads their outputs, so the captions' features
-    are what they are unfilled."""
+    up to a multiple of K tokens and T is the text tower's ``context_length``, so that a few
+    shapes cover every batch (flash attention's varlen kernel costs the same for any T up to its
+    128-token block: only the captions' own lengths count). The fillers are K more rows of the
+    layout: as many as needed hold one token each (a caption of its own, attending to itself),
+    the rest are empty; no caption sees them and nothing reads their outputs, so the captions'
+    features are what they are unfilled."""
     B = len(tokens)
     lengths = tokens.argmax(dim=-1) + 1  # [B]: through the end-of-text token
     T = int(lengths.max())
     ids = tokens[:, :T]  # [B, T]
     if bucket:
-        T = max(T, min(-(-T // 8) * 8, context_length))
+        T = max(T, context_length)  # longer: the text tower refuses it in one line
         filler = -int(lengths.sum()) % bucket
         lengths = torch.cat([lengths, (torch.arange(bucket, device=tokens.device) < filler).to(lengths.dtype)])
         ids = F.pad(ids, (0, T - ids.shape[1], 0, bucket))  # [B + K, T]: filler ids 0
