@@ -107,7 +107,7 @@ def main():
 
     import clipscratch
     from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
-    from clipscratch.data.prefetch import prefetch_to_device, to_device
+    from clipscratch.data.prefetch import prefetch_to_device, to_device, waited
     from clipscratch.models.packing import pack_tokens
     from train_step import clip_loss
 
@@ -377,18 +377,6 @@ def _host_busy_s():
         return None
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user nice system idle iowait irq softirq steal
-
-
-def waited(batches, wait_ms):
-    """``batches``, noting how long each ``next`` blocks (ms) in ``wait_ms``."""
-    while True:
-        t = time.perf_counter()
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        wait_ms.append((time.perf_counter() - t) * 1000)
-        yield batch
 
 
 def launch_ms(step, batch, sync, reps=10):

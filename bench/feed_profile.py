@@ -27,7 +27,7 @@ def production_rate(pattern, workers, batch, batches, normalize):
     from clipscratch.transforms import image_transform
 
     spec = StreamSpec(sources=expand_sources(pattern), weights=[1.0], batch_size=batch, resampled=True,
-                      batches_per_worker=10 ** 6, shuffle_buffer=2000, num_workers=workers)
+                      batches_per_worker=10 ** 6, shuffle_buffer=2000)
     loader = make_loader(ShardDataset(spec, image_transform(224, train=True, normalize=normalize), 77), workers,
                          pin_memory=torch.cuda.is_available())
     it = iter(loader)

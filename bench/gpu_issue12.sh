@@ -71,7 +71,8 @@
 #   bash bench/gpu_issue12.sh 40 DATA_DIR OUT_DIR  # train.py with cuda_graphs=true and the CPU workers: 600 steps on
 #                                                   the 256-px shards, 300 on the Flickr8k photos as they are
 #   bash bench/gpu_issue12.sh 41 DATA_DIR OUT_DIR  # the 14 CPU workers' production rate alone over 200 batches;
-#                                                   train.py, cuda_graphs=true, 600 steps, T fixed at the context
+#                                                   train.py, cuda_graphs=true, 600 steps, T fixed at the context,
+#                                                   with the loop's wait for data (data_wait_s) in its log
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -103,7 +104,8 @@ trainer() {
       eval_every=0 data.batch_size=512 data.workers=14 data.samples_per_epoch=100000000 data.gpu_decode=true \
       compile=true max_steps=100 log_every=20 save_every=1000000 "output_dir=$2" "${@:4}" 2>&1 \
       | grep --line-buffered -vE "it/s|s/it|Warning|warn" | tail -3)
-  grep -o '"step": [0-9]*\|"samples_per_s": [0-9.]*' "$2/metrics.jsonl" | paste - - ; cp "$2/metrics.jsonl" "$O/$(basename "$2")_metrics.jsonl"
+  $PY -c "import json, sys; [print('step', r['step'], 'samples/s', round(r['samples_per_s']), 'data wait s', r.get('data_wait_s'))
+    for r in map(json.loads, open(sys.argv[1])) if 'loss' in r]" "$2/metrics.jsonl"; cp "$2/metrics.jsonl" "$O/$(basename "$2")_metrics.jsonl"
 }
 # train.py fed by the GPU decode, by the CPU workers (the default), by the GPU decode again (the first runs cold):
 # $1 the output directories' prefix, $2 the shards

@@ -173,6 +173,10 @@ def test_sigkill_mid_run_then_resume_reproduces_the_run_exactly(tmp_path):
     results = json.load(open(full / "results.json"))
     assert results["val_images"] == 70 and results["chance_zeroshot_colour"] == pytest.approx(1 / 6)
     assert results["zeroshot_colour"] > 0.5  # colour is learned in 48 steps
+    records = [json.loads(line) for line in open(full / "metrics.jsonl") if '"loss"' in line]
+    waits = [r["data_wait_s"] for r in records]  # the loop's wait for batches since the last log (log_every=1)
+    assert len(waits) == 48 and min(waits) >= 0 and max(waits) > 0  # the first batch is always waited for
+    assert all(w <= BATCH / r["samples_per_s"] for w, r in zip(waits, records))  # within the window it was logged for
 
     p = _train(_tiny(tmp_path, f"output_dir={killed}"))
     ckpt = killed / "checkpoints" / "step_00000020"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple, Union
 
 import torch
@@ -128,3 +129,16 @@ def to_device(batch: dict, device: torch.device, image_size: int, jpeg_decoder: 
         images = normalize_images(images) if images.dtype == torch.uint8 else images
     tokens = pack(tokens) if pack is not None else tokens
     return images, tokens.to(device, non_blocking=True)
+
+
+def waited(batches: Iterator[Any], wait_ms: list) -> Iterator[Any]:
+    """``batches``, noting in ``wait_ms`` how long each ``next`` blocks (ms): the time the
+    training loop waits for its data."""
+    while True:
+        t = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        wait_ms.append((time.perf_counter() - t) * 1000)
+        yield batch

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..data.pipeline import (ShardDataset, StreamSpec, batches_per_worker, expand_sources, make_loader,
                              planned_batches, shard_counts)
-from ..data.prefetch import prefetch_to_device, to_device
+from ..data.prefetch import prefetch_to_device, to_device, waited
 from ..errors import ClipscratchError
 from ..loading import load
 from ..loss import make_loss
@@ -127,13 +127,15 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
     bar = tqdm(total=total_steps, initial=state.step, desc="training", disable=not main, dynamic_ncols=True)
     model.train()
     last_time, last_samples, saved_at = time.perf_counter(), state.samples_seen, None
+    wait_ms: List[float] = []  # how long the loop waited for each batch since the last log
     try:  # the bar is closed before any error is printed
         while state.step < total_steps and state.epoch < cfg.epochs:
             epoch_end = sum(epoch_steps[: state.epoch + 1]) if epoch_steps[state.epoch] is not None else total_steps
             loader = epoch_loader(cfg, sources, counts, state, rank, world, image_size, context_length,
                                   pin_memory=device.type == "cuda")
             micro, batches = [], 0
-            for batch, on_device in prefetch_to_device(loader, lambda b: to_device(b, device, image_size, cfg.data.jpeg_decoder, pack), device):
+            prepared = prefetch_to_device(loader, lambda b: to_device(b, device, image_size, cfg.data.jpeg_decoder, pack), device)
+            for batch, on_device in waited(iter(prepared), wait_ms):
                 skipped.update(batch["skipped"])
                 if on_device is None:  # a worker's closing tally
                     continue
@@ -155,7 +157,9 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
                     rate = (state.samples_seen - last_samples) / max(1e-9, now - last_time)
                     last_time, last_samples = now, state.samples_seen
                     loss_value, lr, scale = loss.item(), scheduler.get_last_lr()[0], core.scale().item()
-                    logger.log(state.step, {"loss": loss_value, "lr": lr, "scale": scale, "samples_per_s": rate, "epoch": state.epoch})
+                    logger.log(state.step, {"loss": loss_value, "lr": lr, "scale": scale, "samples_per_s": rate, "epoch": state.epoch,
+                                            "data_wait_s": sum(wait_ms) / 1000})  # since the last log: data-bound if large
+                    wait_ms.clear()
                     bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}", scale=f"{scale:.1f}", sps=f"{rate:.0f}")
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
                     evaluate()
