@@ -143,8 +143,9 @@ def main():
     def loader(kind):
         return fed_loader(pattern, args.batch, args.workers, size, kind, dev)
 
+    pack = functools.partial(pack_tokens, bucket=args.bucket)  # captions packed on the host, as the trainer
+
     def to_gpu(b, decoder="torchvision"):
-        pack = functools.partial(pack_tokens, bucket=args.bucket)  # captions packed on the host, as the trainer
         return to_device(b, torch.device(dev), size, decoder, pack=pack)
 
     cpu = {}  # row -> the host's CPU use during its timed steps
@@ -293,7 +294,7 @@ def fed_loader(pattern, batch, workers, size, kind, dev):
     return make_loader(ShardDataset(spec, transform, 77, trim_text=True), workers, pin_memory=dev == "cuda")
 
 
-def feed_process(pattern, batch, workers, size, kind, dev, handed, stop):
+def feed_process(pattern, batch, workers, size, kind, dev, bucket, handed, stop):
     """In a process of its own: read, decode and pack batches on the GPU and put them on
     ``handed`` (CUDA tensors travel as IPC handles; the queue's bound keeps it a few ahead)
     until ``stop`` is set; then the loader shuts its workers down (a killed process would leave
@@ -305,7 +306,7 @@ def feed_process(pattern, batch, workers, size, kind, dev, handed, stop):
         for b in fed_loader(pattern, batch, workers, size, kind, dev):
             if stop.is_set():
                 break
-            moved = to_device(b, torch.device(dev), size, kind, pack=pack_tokens)
+            moved = to_device(b, torch.device(dev), size, kind, pack=functools.partial(pack_tokens, bucket=bucket))
             if moved is not None:
                 handed.put(moved)
     except BaseException as error:  # noqa: BLE001 - reported to the training process
@@ -322,7 +323,8 @@ class FedByProcess:
         self.handed, self.stop = ctx.Queue(maxsize=max(1, args.prefetch)), ctx.Event()
         # not a daemon: it starts the data workers itself
         self.process = ctx.Process(target=feed_process, daemon=False,
-                                   args=(pattern, args.batch, args.workers, size, kind, args.device, self.handed, self.stop))
+                                   args=(pattern, args.batch, args.workers, size, kind, args.device, args.bucket, self.handed,
+                                         self.stop))
 
     def __enter__(self):
         self.process.start()

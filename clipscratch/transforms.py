@@ -16,7 +16,7 @@ OPENAI_STD: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_rgb(image):
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class RandomResizedCropPixels(T.RandomResizedCrop):
@@ -67,7 +67,7 @@ def pixels(image) -> torch.Tensor:
     """A PIL image -> its RGB pixels, uint8 [1, 3, H, W] channels-last, viewing one copy of
     them (4-D from the start: the resize's fast uint8 path needs channels-last strides that
     a later unsqueeze would not give)."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    rgb = to_rgb(image)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a read-only buffer: nothing writes to it
         flat = torch.frombuffer(rgb.tobytes(), dtype=torch.uint8)
