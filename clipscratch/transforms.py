@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +46,23 @@ class RandomResizedCropPixels(T.RandomResizedCrop):
                 return top, left, h, w
         return _central_crop(height, width, ratio)
 
-    def forward(self, image):
+    def forward(self, image, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """PIL image -> uint8 [3, S, S] (channels-last in memory). ``out``: a uint8 [1, 3, S, S]
+        channels-last tensor (a row of a batch) that the resize writes into; its [0] is returned."""
         top, left, height, width = self.get_params(image, self.scale, self.ratio)
         crop = pixels(image)[:, :, top: top + height, left: left + width]  # [1, 3, h, w], a view
-        return F.interpolate(crop, size=tuple(self.size), mode="bicubic", antialias=True)[0]  # uint8 in, uint8 out
+        if out is None:
+            return F.interpolate(crop, size=tuple(self.size), mode="bicubic", antialias=True)[0]  # uint8 in, uint8 out
+        return resize_into(crop, out)[0]
+
+
+def resize_into(images: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """F.interpolate(images, out's size, bicubic, antialias) written into ``out`` [N, C, S, S]
+    through the resize's own out= variant (the op F.interpolate calls; no copy of the result)."""
+    try:
+        return torch._C._nn._upsample_bicubic2d_aa(images, tuple(out.shape[-2:]), False, None, None, out=out)
+    except (AttributeError, TypeError):  # a torch without that signature: resize, then copy
+        return out.copy_(F.interpolate(images, size=tuple(out.shape[-2:]), mode="bicubic", antialias=True))
 
 
 def _central_crop(height: int, width: int, ratio) -> Tuple[int, int, int, int]:
@@ -64,9 +77,12 @@ def _central_crop(height: int, width: int, ratio) -> Tuple[int, int, int, int]:
 
 
 def pixels(image) -> torch.Tensor:
-    """A PIL image -> its RGB pixels, uint8 [1, 3, H, W] channels-last, viewing one copy of
-    them (4-D from the start: the resize's fast uint8 path needs channels-last strides that
-    a later unsqueeze would not give)."""
+    """A PIL image, or pixels already decoded (data.images.open_pixels: uint8 [3, H, W] viewing
+    [H, W, 3]) -> RGB pixels uint8 [1, 3, H, W] channels-last, viewing one copy of them (made
+    4-D from [H, W, 3]: the resize's fast uint8 path needs channels-last strides that an
+    unsqueeze of [3, H, W] would not give)."""
+    if isinstance(image, torch.Tensor):
+        return image.permute(1, 2, 0).unsqueeze(0).permute(0, 3, 1, 2)
     rgb = to_rgb(image)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a read-only buffer: nothing writes to it

@@ -109,18 +109,20 @@ def _index_of(image, normalised=True):
     return round(red / 6)
 
 
-@pytest.mark.parametrize("gpu_decode", [False, True])
-def test_every_image_arrives_with_its_own_caption_and_tokens(tmp_path, gpu_decode):
-    """Through shuffling, two workers, several captions per image and (gpu_decode) JPEG bytes
-    decoded after batching, each image keeps its own caption, and the tokens are that caption's."""
+@pytest.mark.parametrize("gpu_decode,normalize", [(False, True), (False, False), (True, True)])
+def test_every_image_arrives_with_its_own_caption_and_tokens(tmp_path, gpu_decode, normalize):
+    """Through shuffling, two workers, several captions per image, (gpu_decode) JPEG bytes
+    decoded after batching and (uint8, the trainer's default) crops written straight into their
+    batch's rows, each image keeps its own caption, and the tokens are that caption's."""
     import clipscratch
     from clipscratch.data.gpu_decode import gpu_transform, unpack_jpegs
 
     write_shards(_indexed_samples(40, captions_per_image=3), str(tmp_path), maxcount=10)  # 2 workers x 2 shards x 2 batches
     spec = StreamSpec(sources=expand_sources(str(tmp_path / "shard-{000000..000003}.tar")), weights=[1.0], batch_size=5,
                       shuffle_buffer=12, gpu_decode=gpu_decode, seed=3)
+    transform = image_transform(24, train=True, scale=(0.6, 1.0), normalize=normalize)
     seen = []
-    for batch in make_loader(ShardDataset(spec, image_transform(24, train=True, scale=(0.6, 1.0)), 77), 2):
+    for batch in make_loader(ShardDataset(spec, transform, 77), 2):
         if gpu_decode:
             images, keep = gpu_transform(unpack_jpegs(batch["images"], batch["jpeg_ends"]), 24, "cpu", batch["boxes"])
             assert keep.all()
@@ -128,7 +130,7 @@ def test_every_image_arrives_with_its_own_caption_and_tokens(tmp_path, gpu_decod
             images = batch["images"]
         assert torch.equal(batch["tokens"], clipscratch.tokenize(batch["captions"], truncate=True)[:, : batch["tokens"].shape[1]])
         for image, caption in zip(images, batch["captions"]):
-            index = _index_of(image)
+            index = _index_of(image, normalised=normalize)
             assert caption.startswith(f"picture number {index} version "), (index, caption)
             seen.append(index)
     assert sorted(seen) == list(range(40)) and seen != sorted(seen)  # all of them, shuffled
@@ -338,3 +340,64 @@ def test_crop_box_is_torchvisions_draw_for_draw(scale):
             fallbacks += got == (RandomResizedCropPixels.get_params(image, [9.0, 9.0], list(ratio)))
         if scale == (0.999, 1.0) and width == 3 * height:
             assert fallbacks == 300  # every seed took the fallback, which matched torchvision's
+
+
+def test_crops_written_into_batch_rows_equal_the_crops_stacked(tmp_path, shared_data):
+    """The uint8 train crop resizes each photo straight into its row of a shared batch
+    (pipeline.augment); with a no-op step after it the pipeline crops each sample apart and
+    stacks them. Through two workers, on real Flickr8k photos (200-500 px, several shards,
+    batches buffered by the loader while later ones are filled): the same bits, channels-last
+    [B, 3, S, S]; each row its own (a buffer refilled before its batch was used would differ)."""
+    import glob
+    import os
+
+    from clipscratch.data.make_shards import Sample
+
+    paths = sorted(glob.glob(os.path.join(shared_data, "flickr8k-1000", "images", "*.jpg")))[:48]
+    write_shards((Sample(open(p, "rb").read(), [os.path.basename(p)], {}) for p in paths), str(tmp_path), maxcount=12)
+
+    def read(transform):
+        spec = StreamSpec(sources=expand_sources(str(tmp_path / "shard-{000000..000003}.tar")), weights=[1.0], batch_size=4,
+                          shuffle_buffer=8, seed=5)
+        return list(make_loader(ShardDataset(spec, transform, context_length=77), 2))
+
+    crop = image_transform(64, train=True, scale=(0.3, 1.0), normalize=False)
+    written = read(crop)
+    stacked = read(lambda image: crop.transforms[0](image))  # a transform that is not the crop alone: per sample
+    assert len(written) == len(stacked) == 12
+    for w, s in zip(written, stacked):
+        assert w["keys"] == s["keys"]
+        assert w["images"].shape == (4, 3, 64, 64) and w["images"].is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(w["images"], s["images"])
+    rows = torch.cat([b["images"] for b in written]).flatten(1)
+    assert len(torch.unique(rows, dim=0)) == 48  # no row repeated or left empty
+
+
+def test_resize_into_equals_interpolate_and_its_fallback(monkeypatch):
+    """transforms.resize_into (the resize's out= variant, no copy) gives F.interpolate's bits on
+    uint8 channels-last crops of several sizes, and so does its fallback for a torch without
+    that signature."""
+    import torch.nn.functional as F
+
+    from clipscratch.transforms import resize_into
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (1, 300, 260, 3), dtype=torch.uint8, generator=generator).permute(0, 3, 1, 2)
+    for top, left, h, w in [(0, 0, 300, 260), (17, 5, 200, 240), (40, 40, 37, 90)]:
+        crop = image[:, :, top: top + h, left: left + w]
+        want = F.interpolate(crop, size=(96, 96), mode="bicubic", antialias=True)
+        out = torch.empty(1, 96, 96, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+        assert resize_into(crop, out) is out and torch.equal(out, want)
+
+    resize = torch._C._nn._upsample_bicubic2d_aa
+
+    def without_out(*args, **kwargs):  # F.interpolate's own call still works
+        if "out" in kwargs:
+            raise TypeError("no such signature")
+        return resize(*args, **kwargs)
+
+    monkeypatch.setattr(torch._C._nn, "_upsample_bicubic2d_aa", without_out)
+    out = torch.zeros(1, 96, 96, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+    resize_into(image, out)
+    monkeypatch.undo()
+    assert torch.equal(out, F.interpolate(image, size=(96, 96), mode="bicubic", antialias=True))

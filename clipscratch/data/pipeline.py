@@ -35,7 +35,8 @@ from webdataset.tariterators import group_by_keys
 from torchvision import transforms as T
 
 from ..errors import ClipscratchError
-from .images import UnreadableImage, encode_jpeg, exif_rotated, open_image
+from ..transforms import RandomResizedCropPixels
+from .images import UnreadableImage, encode_jpeg, exif_rotated, open_image, open_pixels
 from .tar_members import shard_files
 
 Sample = Dict[str, object]
@@ -245,10 +246,12 @@ def _caption(sample: Sample, log: SkipLog, seed: int, epoch: int) -> Optional[st
     return random.Random(zlib.crc32(f"{seed}/{epoch}/{sample.get('__key__', '?')}/caption".encode())).choice(captions)
 
 
-def decode(log: SkipLog, progress: WorkerProgress, seed: int, epoch: int, min_side: int = 0
+def decode(log: SkipLog, progress: WorkerProgress, seed: int, epoch: int, min_side: int = 0, as_pixels: bool = False
            ) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
-    """Raw tar members -> {"key", "image": PIL RGB, "caption": str}; corrupt ones counted and
-    dropped; large JPEGs decoded at a reduced scale that keeps ``min_side`` (images.open_image)."""
+    """Raw tar members -> {"key", "image": PIL RGB (``as_pixels``: uint8 pixels [3, H, W],
+    images.open_pixels), "caption": str}; corrupt ones counted and dropped; large JPEGs decoded
+    at a reduced scale that keeps ``min_side`` (images.open_image)."""
+    open_one = open_pixels if as_pixels else open_image
 
     def one(s: Sample) -> Optional[Sample]:
         raw = next((s[k] for k in ("jpg", "jpeg", "png", "webp") if k in s), None)
@@ -259,7 +262,7 @@ def decode(log: SkipLog, progress: WorkerProgress, seed: int, epoch: int, min_si
         if caption is None:
             return None
         try:
-            return {"key": s.get("__key__", "?"), "image": open_image(raw, min_side=min_side), "caption": caption}
+            return {"key": s.get("__key__", "?"), "image": open_one(raw, min_side=min_side), "caption": caption}
         except UnreadableImage:
             log.add("corrupt image")
             return None
@@ -319,16 +322,40 @@ def _seed_sample(seed: int, epoch: int, sample: Sample) -> None:
     torch.default_generator.manual_seed(zlib.crc32(f"{seed}/{epoch}/{sample.get('key', sample.get('__key__', '?'))}".encode()))
 
 
-def augment(transform: Callable, seed: int, epoch: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
-    """Apply the image transform with torch randomness seeded by (seed, epoch, sample key)."""
+def augment(transform: Callable, seed: int, epoch: int, batch_size: int) -> Callable[[Iterator[Sample]], Iterator[Sample]]:
+    """Apply the image transform with torch randomness seeded by (seed, epoch, sample key).
+    The train crop on its own (uint8 pixels out) resizes each image straight into its row of
+    the next batch, in shared memory: batch_and_tokenize takes the samples in this order,
+    batch_size at a time, and finds them stacked already (_stack_shared)."""
+    crop = _only_crop(transform)
 
     def stage(samples):
+        rows, filled = None, batch_size
         for s in samples:
             _seed_sample(seed, epoch, s)
-            s["image"] = transform(s["image"])
+            if crop is None:
+                s["image"] = transform(s["image"])
+            else:
+                if filled == batch_size:  # [B, 3, S, S] channels-last, as _stack_shared would make it
+                    rows, filled = _shared_empty((batch_size, *crop.size, 3), torch.uint8).permute(0, 3, 1, 2), 0
+                s["image"] = crop(s["image"], out=rows[filled: filled + 1])
+                filled += 1
             yield s
 
     return stage
+
+
+def _takes_pixels(transform: Callable) -> bool:
+    """Does the transform start with RandomResizedCropPixels (which crops decoded pixels as
+    well as PIL images)?"""
+    steps = getattr(transform, "transforms", [transform])
+    return bool(steps) and isinstance(steps[0], RandomResizedCropPixels)
+
+
+def _only_crop(transform: Callable) -> Optional[RandomResizedCropPixels]:
+    """The transform's RandomResizedCropPixels when it is all the transform does."""
+    steps = getattr(transform, "transforms", [transform])
+    return steps[0] if len(steps) == 1 and isinstance(steps[0], RandomResizedCropPixels) else None
 
 
 def _stack_shared(images: List[torch.Tensor]) -> torch.Tensor:
@@ -338,6 +365,10 @@ def _stack_shared(images: List[torch.Tensor]) -> torch.Tensor:
     them in plain copies (a transposing stack cost a worker as much as the resize); to_device
     transposes it on the GPU."""
     first = images[0]
+    row = first.numel()
+    if (first.untyped_storage().data_ptr() == images[-1].untyped_storage().data_ptr()
+            and [image.storage_offset() for image in images] == list(range(0, len(images) * row, row))):
+        return first.as_strided((len(images), *first.shape), (row, *first.stride()))  # augment's rows, in order
     if first.dim() == 3 and not first.is_contiguous() and first.permute(1, 2, 0).is_contiguous():
         channels_last = [image.permute(1, 2, 0) for image in images]  # [S, S, 3] each, contiguous
         out = _shared_empty((len(images), *channels_last[0].shape), first.dtype)
@@ -352,8 +383,11 @@ def _cat_shared(parts: List[torch.Tensor]) -> torch.Tensor:
 
 
 def _shared_empty(shape, dtype) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype)
-    return out.share_memory_() if torch.utils.data.get_worker_info() is not None else out
+    """torch.empty in shared memory inside a DataLoader worker (allocated there directly:
+    share_memory_ would copy the empty tensor into it), in ordinary memory elsewhere."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)).view(shape)
 
 
 def batch_and_tokenize(batch_size: int, context_length: int, trim_text: bool, log: SkipLog, progress: WorkerProgress,
@@ -449,8 +483,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
             shuffle(spec.shuffle_buffer, _rng(spec, "shuffle")),
             skip(progress),
             raw_jpegs(log, progress, _random_crop(self.transform), spec.seed, spec.epoch) if spec.gpu_decode
-            else decode(log, progress, spec.seed, spec.epoch, draft_side(self.transform)),
-            (lambda samples: samples) if spec.gpu_decode else augment(self.transform, spec.seed, spec.epoch),
+            else decode(log, progress, spec.seed, spec.epoch, draft_side(self.transform), _takes_pixels(self.transform)),
+            (lambda samples: samples) if spec.gpu_decode else augment(self.transform, spec.seed, spec.epoch, spec.batch_size),
             batch_and_tokenize(spec.batch_size, self.context_length, self.trim_text, log, progress, spec.batches_per_worker, worker),
         ]
         stream = None
