@@ -73,6 +73,12 @@
 #   bash bench/gpu_issue12.sh 41 DATA_DIR OUT_DIR  # the 14 CPU workers' production rate alone over 200 batches;
 #                                                   train.py, cuda_graphs=true, 600 steps, T fixed at the context,
 #                                                   with the loop's wait for data (data_wait_s) in its log
+#   PREV_TREE=DIR bash bench/gpu_issue12.sh 42 DATA_DIR OUT_DIR  # the CPU workers with JPEGs decoded by simplejpeg
+#                  and crops resized into their batch rows, against DIR's (commit db2a5e1: PIL, stacked): decode
+#                  rates, one worker's cost a sample, 14 workers' production rate (this tree, DIR's, this tree)
+#   bash bench/gpu_issue12.sh 43 DATA_DIR OUT_DIR  # train.py with the CPU workers, cuda_graphs=true for 600 steps
+#                                                   and compiled by default for 300 (data waits, GPU peak memory)
+#   bash bench/gpu_issue12.sh 44 DATA_DIR OUT_DIR  # the same under CUDA graphs on the Flickr8k photos as they are
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -104,7 +110,8 @@ trainer() {
       eval_every=0 data.batch_size=512 data.workers=14 data.samples_per_epoch=100000000 data.gpu_decode=true \
       compile=true max_steps=100 log_every=20 save_every=1000000 "output_dir=$2" "${@:4}" 2>&1 \
       | grep --line-buffered -vE "it/s|s/it|Warning|warn" | tail -3)
-  $PY -c "import json, sys; [print('step', r['step'], 'samples/s', round(r['samples_per_s']), 'data wait s', r.get('data_wait_s'))
+  $PY -c "import json, sys; [print('step', r['step'], 'samples/s', round(r['samples_per_s']), 'data wait s', r.get('data_wait_s'),
+    'GPU peak GiB', r.get('gpu_peak_gib'))
     for r in map(json.loads, open(sys.argv[1])) if 'loss' in r]" "$2/metrics.jsonl"; cp "$2/metrics.jsonl" "$O/$(basename "$2")_metrics.jsonl"
 }
 # train.py fed by the GPU decode, by the CPU workers (the default), by the GPU decode again (the first runs cold):
@@ -287,6 +294,26 @@ case $PART in
       | quiet | tail -4
   trainer "$PWD" /tmp/trainer_cpu_cudagraphs_context "$SHAPES" data.gpu_decode=false cuda_graphs=true max_steps=600 \
       log_every=50 ;;
+42)
+  shapes_shards
+  $PY bench/decode_rate.py /tmp/bench_shards/part000-000000.tar "$D/flickr8k-1000/images"
+  run=0
+  for tree in "$PWD" "${PREV_TREE:?PREV_TREE}" "$PWD"; do
+    run=$((run + 1)); [ "$tree" = "$PWD" ] && name=this || name=prev
+    echo "run $run: $name tree"
+    $PY "$tree/bench/worker_rate.py" /tmp/bench_shards/part000-000000.tar --cpu-decode
+    timeout 150 $PY "$tree/bench/feed_profile.py" --workers 14 --batches 200 \
+        --json "$O/feed_profile_workers14_run${run}_$name.json" 2>&1 | quiet | grep -A2 "uint8 samples/s"
+  done ;;
+43)
+  shapes_shards
+  trainer "$PWD" /tmp/trainer_cpu_cudagraphs_fast_workers "$SHAPES" data.gpu_decode=false cuda_graphs=true \
+      max_steps=600 log_every=50
+  trainer "$PWD" /tmp/trainer_cpu_fast_workers "$SHAPES" data.gpu_decode=false max_steps=300 log_every=50 ;;
+44)
+  flickr_shards
+  trainer "$PWD" /tmp/trainer_photos_cpu_cudagraphs_fast_workers '/tmp/flickr_shards/shard-{000000..000007}.tar' \
+      data.gpu_decode=false cuda_graphs=true max_steps=300 log_every=50 ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet

@@ -5,6 +5,16 @@ import json
 import os
 from typing import Dict, List, Optional, Tuple
 
+import torch
+
+
+def gpu_memory(device: torch.device) -> Dict[str, float]:
+    """On a CUDA device, the most GPU memory the process has held since it started (GiB, what
+    the caching allocator reserved: cached blocks and CUDA graphs' pools included); else nothing."""
+    if torch.device(device).type != "cuda":
+        return {}
+    return {"gpu_peak_gib": torch.cuda.max_memory_reserved(device) / 2 ** 30}
+
 
 class MetricsLogger:
     def __init__(self, output_dir: str, enabled: bool = True):

@@ -35,7 +35,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
 from .evaluators import make_evaluators
 from .generators import generate_data
-from .logging import MetricsLogger, plot_curves
+from .logging import MetricsLogger, gpu_memory, plot_curves
 from .optim import freeze, make_optimizer, warmup_cosine
 from .step import optimizer_step
 
@@ -158,7 +158,8 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
                     last_time, last_samples = now, state.samples_seen
                     loss_value, lr, scale = loss.item(), scheduler.get_last_lr()[0], core.scale().item()
                     logger.log(state.step, {"loss": loss_value, "lr": lr, "scale": scale, "samples_per_s": rate, "epoch": state.epoch,
-                                            "data_wait_s": sum(wait_ms) / 1000})  # since the last log: data-bound if large
+                                            "data_wait_s": sum(wait_ms) / 1000,  # since the last log: data-bound if large
+                                            **gpu_memory(accelerator.device)})
                     wait_ms.clear()
                     bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.1e}", scale=f"{scale:.1f}", sps=f"{rate:.0f}")
                 if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
