@@ -78,7 +78,9 @@
 #                  rates, one worker's cost a sample, 14 workers' production rate (this tree, DIR's, this tree)
 #   bash bench/gpu_issue12.sh 43 DATA_DIR OUT_DIR  # train.py with the CPU workers, cuda_graphs=true for 600 steps
 #                                                   and compiled by default for 300 (data waits, GPU peak memory)
-#   bash bench/gpu_issue12.sh 44 DATA_DIR OUT_DIR  # the same under CUDA graphs on the Flickr8k photos as they are
+#   bash bench/gpu_issue12.sh 44 DATA_DIR OUT_DIR  # part 39's data_fed.py rows again (train.py's step under CUDA
+#                                                   graphs, a fixed batch and fed); train.py under CUDA graphs on the
+#                                                   Flickr8k photos as they are
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -311,6 +313,8 @@ case $PART in
       max_steps=600 log_every=50
   trainer "$PWD" /tmp/trainer_cpu_fast_workers "$SHAPES" data.gpu_decode=false max_steps=300 log_every=50 ;;
 44)
+  fed256 280 --variants uint8 --step trainer --separate --compile-mode reduce-overhead --bucket 256 \
+      --json "$O/data_fed_256_trainer_step_cpu_cudagraphs.json"
   flickr_shards
   trainer "$PWD" /tmp/trainer_photos_cpu_cudagraphs_fast_workers '/tmp/flickr_shards/shard-{000000..000007}.tar' \
       data.gpu_decode=false cuda_graphs=true max_steps=300 log_every=50 ;;
