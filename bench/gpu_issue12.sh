@@ -78,6 +78,9 @@
 #                  rates, one worker's cost a sample, 14 workers' production rate (this tree, DIR's, this tree)
 #   bash bench/gpu_issue12.sh 43 DATA_DIR OUT_DIR  # train.py with the CPU workers, cuda_graphs=true for 600 steps
 #                                                   and compiled by default for 300 (data waits, GPU peak memory)
+#   bash bench/gpu_issue12.sh 45 DATA_DIR OUT_DIR  # ViT-B/16 b256 compiled: open_clip and packed clipscratch on
+#                                                   Flickr8k lengths, then packed clipscratch on one-word captions
+#                                                   (3 tokens: the step with next to no text, the bound on the ratio)
 #   bash bench/gpu_issue12.sh 44 DATA_DIR OUT_DIR  # part 39's data_fed.py rows again (train.py's step under CUDA
 #                                                   graphs, a fixed batch and fed); train.py under CUDA graphs on the
 #                                                   Flickr8k photos as they are
@@ -318,6 +321,12 @@ case $PART in
   flickr_shards
   trainer "$PWD" /tmp/trainer_photos_cpu_cudagraphs_fast_workers '/tmp/flickr_shards/shard-{000000..000007}.tar' \
       data.gpu_decode=false cuda_graphs=true max_steps=300 log_every=50 ;;
+45)
+  timeout 380 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
+      --variants open_clip clipscratch:packed 2>&1 | quiet
+  $PY -c "open('/tmp/one_word.token.txt', 'w').write(''.join(f'photo{i}.jpg#0\ta\n' for i in range(2000)))"
+  timeout 200 $PY bench/train_step.py --captions /tmp/one_word.token.txt --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_one_word.json" --variants clipscratch:packed 2>&1 | quiet ;;
 20)
   timeout 280 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --variants clipscratch:packed open_clip \
       --json "$O/profile_b16_flickr.json" 2>&1 | quiet

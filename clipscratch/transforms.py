@@ -47,7 +47,7 @@ class RandomResizedCropPixels(T.RandomResizedCrop):
         return _central_crop(height, width, ratio)
 
     def forward(self, image, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """PIL image -> uint8 [3, S, S] (channels-last in memory). ``out``: a uint8 [1, 3, S, S]
+        """PIL image or decoded pixels (see ``pixels``) -> uint8 [3, S, S] (channels-last in memory). ``out``: a uint8 [1, 3, S, S]
         channels-last tensor (a row of a batch) that the resize writes into; its [0] is returned."""
         top, left, height, width = self.get_params(image, self.scale, self.ratio)
         crop = pixels(image)[:, :, top: top + height, left: left + width]  # [1, 3, h, w], a view

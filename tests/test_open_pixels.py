@@ -37,9 +37,9 @@ def _assert_same(got, want):
 
 
 def test_real_photos_decode_to_the_pixels_pil_gives(shared_data, monkeypatch):
-    """All 1,000 Flickr8k photos and the shared JPEG photos, plus progressive, grey and
-    EXIF-carrying (upright) re-encodings of them: the same bits as PIL's decode, and PIL not
-    called."""
+    """All 1,000 Flickr8k photos and the shared JPEG photos, plus progressive, grey,
+    EXIF-carrying (upright), unsubsampled and RGB-stored re-encodings of them: the same bits as
+    PIL's decode, and PIL not called."""
     paths = sorted(glob.glob(os.path.join(shared_data, "flickr8k-1000", "images", "*.jpg")))
     paths += sorted(glob.glob(os.path.join(shared_data, "photos", "*.jpg")))
     assert len(paths) > 1000
@@ -48,7 +48,8 @@ def test_real_photos_decode_to_the_pixels_pil_gives(shared_data, monkeypatch):
     upright_exif[0x0112] = 1
     upright_exif[0x010F] = "a camera"
     made = [_jpeg(photo, progressive=True, quality=90), _jpeg(photo.convert("L")),
-            _jpeg(photo, exif=upright_exif.tobytes()), _jpeg(photo, subsampling=0)]
+            _jpeg(photo, exif=upright_exif.tobytes()), _jpeg(photo, subsampling=0), _jpeg(photo, keep_rgb=True)]
+    assert images.simplejpeg.decode_jpeg_header(made[-1])[2] == "RGB"  # stored as RGB, not YCbCr
     data = [open(p, "rb").read() for p in paths] + made
     want = [_through_pil(d) for d in data]
     _pil_forbidden(monkeypatch)

@@ -355,7 +355,7 @@ def _takes_pixels(transform: Callable) -> bool:
 def _only_crop(transform: Callable) -> Optional[RandomResizedCropPixels]:
     """The transform's RandomResizedCropPixels when it is all the transform does."""
     steps = getattr(transform, "transforms", [transform])
-    return steps[0] if len(steps) == 1 and isinstance(steps[0], RandomResizedCropPixels) else None
+    return steps[0] if len(steps) == 1 and _takes_pixels(transform) else None
 
 
 def _stack_shared(images: List[torch.Tensor]) -> torch.Tensor:
