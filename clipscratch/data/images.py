@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import ClipscratchError
+from ..transforms import pixels
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -78,8 +79,6 @@ def open_pixels(data: bytes, name: str = "", min_side: int = 0) -> torch.Tensor:
     (bench/decode_rate.py), at the same DCT-domain scale as open_image's draft mode. Anything
     else (other formats, CMYK, rotated photos, files simplejpeg rejects, huge images) goes
     through open_image."""
-    from ..transforms import pixels
-
     header = _plain_jpeg_header(data)
     if header is not None:
         height, width = header
