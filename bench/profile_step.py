@@ -7,7 +7,7 @@ The step is bench/train_step.py's (real caption lengths, bf16, fused AdamW, the 
 compiled and warmed up, then 4 steps under torch.profiler. Kernels are grouped into matrix
 products (cuBLAS/CUTLASS), attention (flash), Inductor's fused kernels (LayerNorm, GELU,
 residuals, optimizer) and the rest; the table gives milliseconds per step for each group and
-the 12 most expensive kernels.
+the most expensive kernels (--top, 12 by default).
 """
 import argparse
 import collections
@@ -33,7 +33,7 @@ def kind(name: str) -> str:
     return "other"
 
 
-def profile_variant(variant, name, batches, steps=4):
+def profile_variant(variant, name, batches, steps=4, top=12):
     step, model, optimizer, images, tokens = setup(variant, name, batches)
     step = torch.compile(step)
     for t in tokens:
@@ -54,7 +54,7 @@ def profile_variant(variant, name, batches, steps=4):
     torch._dynamo.reset()
     torch.cuda.empty_cache()
     return {"variant": variant, "model": name, "ms_per_step_by_kind": dict(per_kind),
-            "gpu_ms_per_step": sum(per_kind.values()), "top_kernels_ms": dict(per_kernel.most_common(12))}
+            "gpu_ms_per_step": sum(per_kind.values()), "top_kernels_ms": dict(per_kernel.most_common(top))}
 
 
 def main():
@@ -62,13 +62,14 @@ def main():
     p.add_argument("--captions", required=True)
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--variants", nargs="+", default=["clipscratch:packed", "open_clip"])
+    p.add_argument("--top", type=int, default=12, help="how many of the most expensive kernels to list")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "profile_step.json"))
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     batches, _ = caption_batches(args.captions, BATCH[args.model])
     rows = []
     for variant in args.variants:
-        r = profile_variant(variant, args.model, batches)
+        r = profile_variant(variant, args.model, batches, top=args.top)
         rows.append(r)
         print(json.dumps(r), flush=True)
     kinds = ["matmul", "attention", "inductor fused", "other"]
