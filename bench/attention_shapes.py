@@ -2,15 +2,18 @@
 
     python bench/attention_shapes.py --captions ../shared/data/flickr8k-captions/Flickr8k.token.txt
 
-text (ViT-B/32's text tower, 8 heads of 64, a batch of 512 real captions):
+text (the text tower's 8 heads of 64, a batch of 512 real captions as ViT-B/32's, 256 as ViT-B/16's):
   varlen         packed tokens, flash attention's variable-length kernel (models/packing.py)
   padded sdpa    scattered into [B, T] (T = the longest caption), scaled_dot_product_attention
+                 (padded cudnn / flash / efficient: that backend only)
   padded math    the same layout, softmax(q k^T + causal mask) v written out for Inductor to fuse
 image ([B, 12, T, 64] as ViT-B/32 at batch 512, T=50, and ViT-B/16 at batch 256, T=197):
   sdpa (default), flash, cudnn, efficient: scaled_dot_product_attention with that backend only
   math           softmax(q k^T) v written out
   flex           FlexAttention (torch.nn.attention.flex_attention, Triton), no mask
-Milliseconds per layer (forward + backward), median of 20 after warm-up.
+Milliseconds per layer (forward + backward): the wall time, median of 20 after warm-up (small
+shapes are bound by the host's launches there), and the GPU's kernel time, the mean over 20
+under the profiler (what the layer costs inside a step whose launches run ahead of the GPU).
 """
 import argparse
 import json
@@ -46,12 +49,34 @@ def timed(fn, *inputs, iters=20):
     return sorted(times)[len(times) // 2]
 
 
-def text_rows(captions_path):
+def gpu_ms(fn, *inputs, iters=20):
+    """The GPU's kernel time per call of fn(*inputs).sum().backward(), from the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn(*inputs).sum().backward()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn(*inputs).sum().backward()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    total_us = sum(getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0) for e in events)
+    return total_us / 1000 / iters
+
+
+def row(shape, name, fn, *inputs):
+    try:
+        return {"shape": shape, "variant": name, "ms": timed(fn, *inputs), "gpu_ms": gpu_ms(fn, *inputs)}
+    except Exception as e:
+        return {"shape": shape, "variant": name, "ms": None, "gpu_ms": None, "error": str(e)[:200]}
+
+
+def text_rows(captions_path, batch):
     import clipscratch
     from clipscratch.models import packing
     from train_step import caption_batches
 
-    batches, _ = caption_batches(captions_path, 512)
+    batches, _ = caption_batches(captions_path, batch)
     packed = packing.pack_tokens(batches[0]).to("cuda")
     B, T = packed.layout.shape
     N, H, D = packed.ids.shape[0], 8, 64
@@ -62,13 +87,23 @@ def text_rows(captions_path):
         q, k, v = full.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
         return attend(q, k, v).transpose(1, 2).reshape(B * T, H * D)[packed.slots]
 
+    def sdpa(backend):
+        def attend(q, k, v):
+            if backend is None:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return attend
+
     variants = {
         "varlen": lambda x: packing.packed_attention(x, H, packed),
-        "padded sdpa": lambda x: padded(x, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+        "padded sdpa": lambda x: padded(x, sdpa(None)),
+        "padded cudnn": lambda x: padded(x, sdpa(SDPBackend.CUDNN_ATTENTION)),
+        "padded flash": lambda x: padded(x, sdpa(SDPBackend.FLASH_ATTENTION)),
+        "padded efficient": lambda x: padded(x, sdpa(SDPBackend.EFFICIENT_ATTENTION)),
         "padded math": lambda x: padded(x, lambda q, k, v: math_attention(q, k, v, True)),
     }
-    return [{"shape": f"text B=512 N={N} T={T}", "variant": name, "ms": timed(torch.compile(fn), qkv)}
-            for name, fn in variants.items()]
+    return [row(f"text B={batch} N={N} T={T}", name, torch.compile(fn), qkv) for name, fn in variants.items()]
 
 
 def image_rows(B, T):
@@ -88,24 +123,24 @@ def image_rows(B, T):
                     return F.scaled_dot_product_attention(q, k, v)
                 with sdpa_kernel(backend):
                     return F.scaled_dot_product_attention(q, k, v)
-        try:
-            rows.append({"shape": f"image B={B} T={T}", "variant": name, "ms": timed(fn, q, k, v)})
-        except Exception as e:
-            rows.append({"shape": f"image B={B} T={T}", "variant": name, "ms": None, "error": str(e)[:200]})
+        rows.append(row(f"image B={B} T={T}", name, fn, q, k, v))
     return rows
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", required=True)
+    p.add_argument("--text-only", action="store_true", help="only the text rows")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_shapes.json"))
     args = p.parse_args()
     sys.path.insert(0, os.path.dirname(__file__))
-    rows = text_rows(args.captions) + image_rows(512, 50) + image_rows(256, 197)
-    print("| shape | variant | ms per layer (fwd+bwd) |\n|---|---|---|")
+    rows = text_rows(args.captions, 512) + text_rows(args.captions, 256)
+    if not args.text_only:
+        rows += image_rows(512, 50) + image_rows(256, 197)
+    print("| shape | variant | ms per layer (fwd+bwd) | GPU kernel ms |\n|---|---|---|---|")
     for r in rows:
-        print(f"| {r['shape']} | {r['variant']} | {r['ms']:.3f} |" if r["ms"] is not None else
-              f"| {r['shape']} | {r['variant']} | failed: {r['error']} |")
+        print(f"| {r['shape']} | {r['variant']} | {r['ms']:.3f} | {r['gpu_ms']:.3f} |" if r["ms"] is not None else
+              f"| {r['shape']} | {r['variant']} | failed: {r['error']} | |")
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=2)
 

@@ -81,6 +81,11 @@
 #                                                   our ViT-B/16 step's GPU time goes (40 kernels)
 #   bash bench/gpu_issue12.sh 47 DATA_DIR OUT_DIR  # fp8_ceiling.py again, its block recipes mended (initialised
 #                                                   weights; the input gradient's FP8 weight laid out as _scaled_mm needs)
+#   bash bench/gpu_issue12.sh 48 DATA_DIR OUT_DIR  # the packed captions' attention kernels with their GPU time; ViT-B/32
+#                                                   b512 Flickr8k lengths with the captions attended by flash's varlen
+#                                                   kernel and by the written-out attention (attn=math)
+#   bash bench/gpu_issue12.sh 49 DATA_DIR OUT_DIR  # the same ViT-B/32 rows with the Hateful Memes lengths
+#   bash bench/gpu_issue12.sh 50 DATA_DIR OUT_DIR  # the same with ViT-B/16 b256, Flickr8k lengths
 #   bash bench/gpu_issue12.sh 43 DATA_DIR OUT_DIR  # train.py with the CPU workers, cuda_graphs=true for 600 steps
 #                                                   and compiled by default for 300 (data waits, GPU peak memory)
 #   bash bench/gpu_issue12.sh 45 DATA_DIR OUT_DIR  # ViT-B/16 b256 compiled: open_clip and packed clipscratch on
@@ -332,6 +337,16 @@ case $PART in
   $PY -c "open('/tmp/one_word.token.txt', 'w').write(''.join(f'photo{i}.jpg#0\ta\n' for i in range(2000)))"
   timeout 200 $PY bench/train_step.py --captions /tmp/one_word.token.txt --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_one_word.json" --variants clipscratch:packed 2>&1 | quiet ;;
+48)
+  timeout 150 $PY bench/attention_shapes.py --captions "$FLICKR" --text-only --json "$O/attention_text_gpu.json" 2>&1 | quiet
+  timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_flickr_attn.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=math 2>&1 | quiet ;;
+49)
+  timeout 560 $PY bench/train_step.py --captions "$MEMES" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_memes_attn.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=math 2>&1 | quiet ;;
+50)
+  timeout 560 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_flickr_attn.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=math 2>&1 | quiet ;;
 46|47)
   timeout 300 $PY bench/fp8_ceiling.py --json "$O/fp8_ceiling.json" 2>&1 | quiet ;;&
 46)

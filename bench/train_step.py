@@ -12,6 +12,7 @@ rotated), tokenised; the two implementations see the same tokens:
   clipscratch:77       77 tokens, as open_clip
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
+  ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, sdpa, math)
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
@@ -73,7 +74,8 @@ def build(variant: str, name: str):
 
     model = clipscratch.create_model(name)
     mode = options[0] if options else "packed"
-    model.set_text_packing(mode == "packed")
+    kernel = next((o.split("=", 1)[1] for o in options if o.startswith("attn=")), "auto")
+    model.set_text_packing(mode == "packed", kernel)
     model.set_fp8("fp8" in options)
     model.set_mlp_recompute("recompute" in options)
     return model, model.scale, mode

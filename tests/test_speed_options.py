@@ -98,17 +98,18 @@ def _flickr_tokens(shared_data, n=48):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_packed_text_gives_the_same_features_loss_and_gradients(shared_data, dtype, checkpointing):
+@pytest.mark.parametrize("checkpointing,kernel", [(False, "auto"), (True, "auto"), (False, "math")])
+def test_packed_text_gives_the_same_features_loss_and_gradients(shared_data, dtype, checkpointing, kernel):
     """Real Flickr8k captions (lengths 5 to 40 tokens), packed into one sequence: the same
-    features, loss and gradients as the padded batch. float64: exact to rounding (1e-12);
-    float32: only summation orders change, as for trimming (same 1e-4 bound, 1e-6 seen)."""
+    features, loss and gradients as the padded batch, with SDPA (auto on the CPU) and with the
+    written-out attention. float64: exact to rounding (1e-12); float32: only summation orders
+    change, as for trimming (same 1e-4 bound, 1e-6 seen)."""
     tokens = _flickr_tokens(shared_data)
     lengths = tokens.argmax(-1) + 1
     assert lengths.min() < 10 and lengths.max() > 25  # really ragged
     a, b = _pair()
     a, b = a.to(dtype), b.to(dtype)
-    b.set_text_packing(True)
+    b.set_text_packing(True, kernel)
     for m in (a, b):
         m.set_grad_checkpointing(checkpointing)
     images = torch.randn(len(tokens), 3, 32, 32, dtype=dtype, generator=torch.Generator().manual_seed(1))
@@ -120,6 +121,12 @@ def test_packed_text_gives_the_same_features_loss_and_gradients(shared_data, dty
     assert abs(la - lb) <= tol * abs(la)
     errors = {n: _rel(y, x) for (n, _), x, y in zip(a.named_parameters(), ga, gb) if x.abs().max() > 0}
     assert max(errors.values()) <= tol, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_unknown_packed_attention_kernel_is_refused():
+    model = clipscratch.create_model("tiny-vit")
+    with pytest.raises(ValueError, match="unknown packed attention kernel 'flash'; use one of auto, varlen, sdpa, math"):
+        model.set_text_packing(True, "flash")
 
 
 def test_channels_last_resnet_gives_the_same_loss_and_gradients():

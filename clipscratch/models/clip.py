@@ -67,10 +67,19 @@ class CLIP(nn.Module):
         text_features = self.encode_text(tokens, normalize=True)  # [B, E]
         return CLIPOutput(image_features, text_features, self.scale(), getattr(self, "logit_bias", None))
 
-    def set_text_packing(self, enabled: bool = True) -> None:
+    def set_text_packing(self, enabled: bool = True, kernel: str = "auto") -> None:
         """Pack the captions of a batch (text_transformer.forward_packed): the same features,
-        each caption costing its own length instead of the batch's longest."""
+        each caption costing its own length instead of the batch's longest; ``kernel`` attends
+        within the captions (packing.packed_attention)."""
+        from .layers import Attention
+        from .packing import KERNELS
+
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown packed attention kernel {kernel!r}; use one of {', '.join(KERNELS)}")
         self.text.pack = enabled
+        for module in self.text.modules():
+            if isinstance(module, Attention):
+                module.packed_kernel = kernel
 
     def set_fp8(self, enabled: bool = True) -> None:
         """Every attention and MLP projection in FP8 (models/fp8.py); for training on Hopper."""

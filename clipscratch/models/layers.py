@@ -58,6 +58,7 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
         self.fp8 = False  # CLIP.set_fp8: the two projections in FP8 (fp8.py)
+        self.packed_kernel = "auto"  # CLIP.set_text_packing: attention within packed captions (packing.KERNELS)
 
     def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
         """x [B, T, C]; or packed tokens [N, C] with ``packing``: the projections run on the N
@@ -65,7 +66,7 @@ class Attention(nn.Module):
         C = x.shape[-1]
         qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8)  # [B, T, 3C] or [N, 3C]
         if packing is not None:
-            y = packed_attention(qkv, self.heads, packing)  # [N, C]
+            y = packed_attention(qkv, self.heads, packing, self.packed_kernel)  # [N, C]
         else:
             B, T = qkv.shape[:2]
             q, k, v = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]

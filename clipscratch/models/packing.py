@@ -10,7 +10,8 @@ compiled step sees no data-dependent shape and never waits for the GPU; in the m
 ``packed_attention`` is causal attention within each caption: flash attention's
 variable-length kernel on a CUDA GPU in half precision (no padding at all), otherwise the
 packed q/k/v are scattered into the padded layout [B, T] for ``scaled_dot_product_attention``
-(the zeros after a caption's end come after every real query, so they are never attended).
+(the zeros after a caption's end come after every real query, so they are never attended), or
+for softmax(q k^T + causal mask) v written out, which torch.compile fuses (``kernel``).
 """
 from __future__ import annotations
 
@@ -97,14 +98,33 @@ def uses_flash_varlen(x: torch.Tensor) -> bool:
     return _VARLEN is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
 
-def packed_attention(qkv: torch.Tensor, heads: int, packed: PackedTokens) -> torch.Tensor:
-    """Causal self-attention of each caption over its own tokens: packed qkv [N, 3C] -> [N, C]."""
+KERNELS = ("auto", "varlen", "sdpa", "math")
+
+
+def packed_attention(qkv: torch.Tensor, heads: int, packed: PackedTokens, kernel: str = "auto") -> torch.Tensor:
+    """Causal self-attention of each caption over its own tokens: packed qkv [N, 3C] -> [N, C].
+    ``kernel``: "varlen" (flash's, CUDA half precision only), "sdpa" or "math" in the padded
+    layout; "auto" is varlen where it runs, sdpa elsewhere."""
     N, C = qkv.shape[0], qkv.shape[1] // 3
     B, T = packed.layout.shape
-    if uses_flash_varlen(qkv):
+    if kernel == "auto":
+        kernel = "varlen" if uses_flash_varlen(qkv) else "sdpa"
+    if kernel == "varlen":
         q, k, v = qkv.view(N, 3, heads, C // heads).unbind(1)  # 3 x [N, H, D]
         return _VARLEN(q, k, v, packed.starts, T).reshape(N, C)
     padded = qkv.new_zeros(B * T, 3 * C).index_copy(0, packed.slots, qkv)  # [B*T, 3C]
     q, k, v = padded.view(B, T, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, D]
+    if kernel == "math":
+        y = _causal_math(q, k, v)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, D]
     return y.transpose(1, 2).reshape(B * T, C)[packed.slots]  # [N, C]
+
+
+def _causal_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + causal mask) v, [B, H, T, D] -> [B, H, T, D], the softmax in
+    float32 (or float64): a few small products and one fused kernel under torch.compile."""
+    T = q.shape[-2]
+    scores = (q @ k.transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) * q.shape[-1] ** -0.5  # [B, H, T, T]
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(-1).to(v.dtype) @ v
