@@ -71,13 +71,13 @@ def row(shape, name, fn, *inputs):
         return {"shape": shape, "variant": name, "ms": None, "gpu_ms": None, "error": str(e)[:200]}
 
 
-def text_rows(captions_path, batch):
+def text_rows(captions_path, batch, filled=False):
     import clipscratch
     from clipscratch.models import packing
     from train_step import caption_batches
 
     batches, _ = caption_batches(captions_path, batch)
-    packed = packing.pack_tokens(batches[0]).to("cuda")
+    packed = packing.pack_tokens(batches[0], bucket=256 if filled else 0).to("cuda")  # filled: as for CUDA graphs
     B, T = packed.layout.shape
     N, H, D = packed.ids.shape[0], 8, 64
     qkv = torch.randn(N, 3 * H * D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -101,9 +101,10 @@ def text_rows(captions_path, batch):
         "padded cudnn": lambda x: padded(x, sdpa(SDPBackend.CUDNN_ATTENTION)),
         "padded flash": lambda x: padded(x, sdpa(SDPBackend.FLASH_ATTENTION)),
         "padded efficient": lambda x: padded(x, sdpa(SDPBackend.EFFICIENT_ATTENTION)),
+        "efficient (packing.py)": lambda x: packing.packed_attention(x, H, packed, "efficient"),
         "padded math": lambda x: padded(x, lambda q, k, v: math_attention(q, k, v, True)),
     }
-    return [row(f"text B={batch} N={N} T={T}", name, torch.compile(fn), qkv) for name, fn in variants.items()]
+    return [row(f"text B={batch} N={N} T={T}" + (" filled" if filled else ""), name, torch.compile(fn), qkv) for name, fn in variants.items()]
 
 
 def image_rows(B, T):
@@ -131,10 +132,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", required=True)
     p.add_argument("--text-only", action="store_true", help="only the text rows")
+    p.add_argument("--filled", action="store_true", help="the captions packed as for CUDA graphs (bucket=256, T=77)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_shapes.json"))
     args = p.parse_args()
     sys.path.insert(0, os.path.dirname(__file__))
-    rows = text_rows(args.captions, 512) + text_rows(args.captions, 256)
+    rows = [r for batch in (512, 256) for r in text_rows(args.captions, batch, args.filled)]
     if not args.text_only:
         rows += image_rows(512, 50) + image_rows(256, 197)
     print("| shape | variant | ms per layer (fwd+bwd) | GPU kernel ms |\n|---|---|---|---|")

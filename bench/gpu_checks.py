@@ -2,7 +2,8 @@
 
 1. packed text == padded text (fp32, TF32 off, ViT-B/32 random init, real Flickr8k captions), and in
    bf16 with flash attention's varlen kernel as close to fp32 as the padded batch, also when filled
-   for CUDA graphs (bucket=256: one-token rows and empty rows in the kernel's cu_seqlens);
+   for CUDA graphs (bucket=256: one-token rows and empty rows in the kernel's cu_seqlens); the same
+   with the captions attended by SDPA's memory-efficient kernel in the padded layout (attn=efficient);
 2. gradient caching with patch dropout == the big batch with the same dropped patches (the CUDA
    generator replayed, not only the CPU one);
 3. the FP8 linear == its own emulation (quantised operands, float32 products);
@@ -57,8 +58,18 @@ def packed_vs_padded(captions_path):
     fp, gp = run(packed, False)
     f16, g16 = run(tokens, True)
     fv, gv = run(packed, True)
-    ff, gf = run(pack_tokens(tokens.cpu(), bucket=256).to("cuda"), True)
-    return {"bf16_filled_features_rel_err_vs_packed": rel(ff, fv), "bf16_filled_grads_rel_err_vs_packed": rel(gf, gv),
+    filled = pack_tokens(tokens.cpu(), bucket=256).to("cuda")
+    ff, gf = run(filled, True)
+    model.set_text_packing(False, "efficient")
+    fe, ge = run(packed, False)
+    fe16, ge16 = run(packed, True)
+    fef, gef = run(filled, True)
+    model.set_text_packing(False)
+    efficient = {"fp32_efficient_features_rel_err": rel(fe, f32), "fp32_efficient_grads_rel_err": rel(ge, g32),
+                 "bf16_efficient_features_rel_err_vs_fp32": rel(fe16, f32), "bf16_efficient_grads_rel_err_vs_fp32": rel(ge16, g32),
+                 "bf16_efficient_filled_features_rel_err_vs_fp32": rel(fef, f32),
+                 "bf16_efficient_filled_grads_rel_err_vs_fp32": rel(gef, g32)}
+    return {**efficient, "bf16_filled_features_rel_err_vs_packed": rel(ff, fv), "bf16_filled_grads_rel_err_vs_packed": rel(gf, gv),
             "bf16_filled_features_rel_err_vs_fp32": rel(ff, f32), "bf16_filled_grads_rel_err_vs_fp32": rel(gf, g32),"fp32_packed_features_rel_err": rel(fp, f32), "fp32_packed_grads_rel_err": rel(gp, g32),
             "bf16_uses_flash_varlen": uses_flash_varlen(images.bfloat16()),
             "bf16_padded_features_rel_err_vs_fp32": rel(f16, f32), "bf16_packed_features_rel_err_vs_fp32": rel(fv, f32),

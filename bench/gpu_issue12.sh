@@ -84,8 +84,10 @@
 #   bash bench/gpu_issue12.sh 48 DATA_DIR OUT_DIR  # the packed captions' attention kernels with their GPU time; ViT-B/32
 #                                                   b512 Flickr8k lengths with the captions attended by flash's varlen
 #                                                   kernel and by the written-out attention (attn=math)
-#   bash bench/gpu_issue12.sh 49 DATA_DIR OUT_DIR  # the same ViT-B/32 rows with the Hateful Memes lengths
-#   bash bench/gpu_issue12.sh 50 DATA_DIR OUT_DIR  # the same with ViT-B/16 b256, Flickr8k lengths
+#   bash bench/gpu_issue12.sh 49 DATA_DIR OUT_DIR  # packed text with SDPA's memory-efficient kernel (attn=efficient)
+#                                                   checked against padded text; ViT-B/32 b512 with it, both caption files
+#   bash bench/gpu_issue12.sh 50 DATA_DIR OUT_DIR  # the same with ViT-B/16 b256, Flickr8k lengths; the captions' attention
+#                                                   kernels with the packing filled for CUDA graphs
 #   bash bench/gpu_issue12.sh 43 DATA_DIR OUT_DIR  # train.py with the CPU workers, cuda_graphs=true for 600 steps
 #                                                   and compiled by default for 300 (data waits, GPU peak memory)
 #   bash bench/gpu_issue12.sh 45 DATA_DIR OUT_DIR  # ViT-B/16 b256 compiled: open_clip and packed clipscratch on
@@ -342,11 +344,18 @@ case $PART in
   timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_attn.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=math 2>&1 | quiet ;;
 49)
-  timeout 560 $PY bench/train_step.py --captions "$MEMES" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
-      --json "$O/b32_memes_attn.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=math 2>&1 | quiet ;;
+  timeout 100 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "packed text" 2>&1 | quiet
+  for captions in "$FLICKR" "$MEMES"; do
+    timeout 260 $PY bench/train_step.py --captions "$captions" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+        --json "$O/b32_$(basename "$(dirname "$captions")")_efficient.json" \
+        --variants open_clip clipscratch:packed clipscratch:packed:attn=efficient 2>&1 | quiet
+  done ;;
 50)
-  timeout 560 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
-      --json "$O/b16_flickr_attn.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=math 2>&1 | quiet ;;
+  timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_flickr_efficient.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=efficient \
+      2>&1 | quiet
+  timeout 150 $PY bench/attention_shapes.py --captions "$FLICKR" --text-only --filled \
+      --json "$O/attention_text_filled_gpu.json" 2>&1 | quiet ;;
 46|47)
   timeout 300 $PY bench/fp8_ceiling.py --json "$O/fp8_ceiling.json" 2>&1 | quiet ;;&
 46)

@@ -12,7 +12,7 @@ rotated), tokenised; the two implementations see the same tokens:
   clipscratch:77       77 tokens, as open_clip
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
-  ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, sdpa, math)
+  ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, sdpa, efficient, math)
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)

@@ -125,7 +125,7 @@ def test_packed_text_gives_the_same_features_loss_and_gradients(shared_data, dty
 
 def test_unknown_packed_attention_kernel_is_refused():
     model = clipscratch.create_model("tiny-vit")
-    with pytest.raises(ValueError, match="unknown packed attention kernel 'flash'; use one of auto, varlen, sdpa, math"):
+    with pytest.raises(ValueError, match="unknown packed attention kernel 'flash'; use one of auto, varlen, sdpa, efficient, math"):
         model.set_text_packing(True, "flash")
 
 

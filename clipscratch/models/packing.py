@@ -10,8 +10,8 @@ compiled step sees no data-dependent shape and never waits for the GPU; in the m
 ``packed_attention`` is causal attention within each caption: flash attention's
 variable-length kernel on a CUDA GPU in half precision (no padding at all), otherwise the
 packed q/k/v are scattered into the padded layout [B, T] for ``scaled_dot_product_attention``
-(the zeros after a caption's end come after every real query, so they are never attended), or
-for softmax(q k^T + causal mask) v written out, which torch.compile fuses (``kernel``).
+(the zeros after a caption's end come after every real query, so they are never attended), by
+SDPA's memory-efficient kernel, or as softmax(q k^T + causal mask) v written out (``kernel``).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class PackedTokens(NamedTuple):
@@ -98,13 +99,14 @@ def uses_flash_varlen(x: torch.Tensor) -> bool:
     return _VARLEN is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
 
-KERNELS = ("auto", "varlen", "sdpa", "math")
+KERNELS = ("auto", "varlen", "sdpa", "efficient", "math")
 
 
 def packed_attention(qkv: torch.Tensor, heads: int, packed: PackedTokens, kernel: str = "auto") -> torch.Tensor:
     """Causal self-attention of each caption over its own tokens: packed qkv [N, 3C] -> [N, C].
-    ``kernel``: "varlen" (flash's, CUDA half precision only), "sdpa" or "math" in the padded
-    layout; "auto" is varlen where it runs, sdpa elsewhere."""
+    ``kernel``: "varlen" (flash's, CUDA half precision only); in the padded layout "sdpa"
+    (whichever kernel SDPA picks), "efficient" (its memory-efficient kernel on a CUDA GPU, SDPA's
+    pick elsewhere) or "math"; "auto" is varlen where it runs, sdpa elsewhere."""
     N, C = qkv.shape[0], qkv.shape[1] // 3
     B, T = packed.layout.shape
     if kernel == "auto":
@@ -116,6 +118,9 @@ def packed_attention(qkv: torch.Tensor, heads: int, packed: PackedTokens, kernel
     q, k, v = padded.view(B, T, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]
     if kernel == "math":
         y = _causal_math(q, k, v)
+    elif kernel == "efficient" and q.is_cuda:
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, D]
     else:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, D]
     return y.transpose(1, 2).reshape(B * T, C)[packed.slots]  # [N, C]
