@@ -88,6 +88,9 @@
 #                                                   checked against padded text; ViT-B/32 b512 with it, both caption files
 #   bash bench/gpu_issue12.sh 50 DATA_DIR OUT_DIR  # the same with ViT-B/16 b256, Flickr8k lengths; the captions' attention
 #                                                   kernels with the packing filled for CUDA graphs
+#   bash bench/gpu_issue12.sh 51 DATA_DIR OUT_DIR  # ViT-B/32 b512 Flickr8k lengths compiled by default and under CUDA
+#                                                   graphs (@reduce-overhead, packing filled), varlen and attn=efficient
+#   bash bench/gpu_issue12.sh 52 DATA_DIR OUT_DIR  # the same with the Hateful Memes lengths
 #   bash bench/gpu_issue12.sh 43 DATA_DIR OUT_DIR  # train.py with the CPU workers, cuda_graphs=true for 600 steps
 #                                                   and compiled by default for 300 (data waits, GPU peak memory)
 #   bash bench/gpu_issue12.sh 45 DATA_DIR OUT_DIR  # ViT-B/16 b256 compiled: open_clip and packed clipscratch on
@@ -356,6 +359,11 @@ case $PART in
       2>&1 | quiet
   timeout 150 $PY bench/attention_shapes.py --captions "$FLICKR" --text-only --filled \
       --json "$O/attention_text_filled_gpu.json" 2>&1 | quiet ;;
+51|52)
+  [ "$PART" = 51 ] && captions="$FLICKR" || captions="$MEMES"
+  timeout 580 $PY bench/train_step.py --captions "$captions" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_$(basename "$(dirname "$captions")")_graphs.json" --variants open_clip open_clip@reduce-overhead \
+      clipscratch:packed clipscratch:packed@reduce-overhead clipscratch:packed:attn=efficient@reduce-overhead 2>&1 | quiet ;;
 46|47)
   timeout 300 $PY bench/fp8_ceiling.py --json "$O/fp8_ceiling.json" 2>&1 | quiet ;;&
 46)

@@ -16,6 +16,8 @@ rotated), tokenised; the two implementations see the same tokens:
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
+  ...@reduce-overhead  CUDA graphs, as train.py's cuda_graphs=true: packed captions filled to a
+                       multiple of 256 tokens (T = 77) so that a few recordings serve every batch
 Synthetic images on the GPU, random init, bf16 autocast, fused AdamW, the CLIP loss; model
 FLOPs are counted (torch.utils.flop_counter, one forward+backward) on the tokens each variant
 really computes (the flop counter does not see inside flash attention's varlen kernel: the packed
@@ -81,18 +83,18 @@ def build(variant: str, name: str):
     return model, model.scale, mode
 
 
-def prepare_tokens(tokens: torch.Tensor, mode: str):
+def prepare_tokens(tokens: torch.Tensor, mode: str, bucket: int = 0):
     """What the training loop hands the model (on the host, before the copy to the GPU)."""
     if mode == "trimmed":
         return tokens[:, : int((tokens != 0).sum(1).max())]
     if mode == "packed":
         from clipscratch.models.packing import pack_tokens
 
-        return pack_tokens(tokens)  # as prefetch.to_device with pack_text: no data-dependent shape in the step
+        return pack_tokens(tokens, bucket)  # as prefetch.to_device with pack_text: no data-dependent shape in the step
     return tokens  # 77 wide
 
 
-def setup(variant, name, batches):
+def setup(variant, name, batches, bucket=0):
     """(step(images, tokens), model, optimizer, images, the batches' tokens as the variant takes
     them), on the GPU: one training step, bf16 autocast, fused AdamW."""
     torch.manual_seed(0)
@@ -100,7 +102,7 @@ def setup(variant, name, batches):
     model = model.cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     images = torch.randn(batches[0].shape[0], 3, 224, 224, device="cuda")
-    tokens = [prepare_tokens(b, mode).to("cuda") for b in batches]
+    tokens = [prepare_tokens(b, mode, bucket).to("cuda") for b in batches]
 
     def step(images, tokens):
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -114,13 +116,20 @@ def setup(variant, name, batches):
 
 
 def measure(variant, name, batches, compiled, warmup_rounds, iters, mode=None):
-    step, model, optimizer, images, tokens = setup(variant, name, batches)
+    graphs = compiled and mode == "reduce-overhead"
+    step, model, optimizer, images, tokens = setup(variant, name, batches, bucket=256 if graphs else 0)
     bs = images.shape[0]
 
     with FlopCounterMode(display=False) as counter:
         step(images, tokens[0])  # one eager step (the optimizer's arithmetic is not counted)
     flops = counter.get_total_flops()  # the first batch's tokens: close to the mean
     run = torch.compile(step, mode=mode) if compiled else step
+    if graphs:
+        recorded = run
+
+        def run(images, tokens):
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done with
+            return recorded(images, tokens)
     t0 = time.perf_counter()
     for _ in range(warmup_rounds):
         for t in tokens:
