@@ -1,9 +1,9 @@
 """Correctness of the speed options on a GPU, in one run (prints a table; raw JSON to $OUT):
 
 1. packed text == padded text (fp32, TF32 off, ViT-B/32 random init, real Flickr8k captions), and in
-   bf16 with flash attention's varlen kernel as close to fp32 as the padded batch, also when filled
-   for CUDA graphs (bucket=256: one-token rows and empty rows in the kernel's cu_seqlens); the same
-   with the captions attended by SDPA's memory-efficient kernel in the padded layout (attn=efficient);
+   bf16 as close to fp32 as the padded batch, attended by flash attention's varlen kernel and by
+   SDPA's memory-efficient kernel in the padded layout, also when filled for CUDA graphs
+   (bucket=256: one-token rows and empty rows in the kernel's cu_seqlens);
 2. gradient caching with patch dropout == the big batch with the same dropped patches (the CUDA
    generator replayed, not only the CPU one);
 3. the FP8 linear == its own emulation (quantised operands, float32 products);
@@ -34,15 +34,17 @@ def rel(a, b):
 
 
 def packed_vs_padded(captions_path):
-    """fp32: packed (the padded-layout attention) against padded, exact to rounding. bf16: packed
-    on the host with flash attention's varlen kernel against padded, both against fp32: the packed
-    path's error must be the padded path's (bf16 rounding), not more."""
+    """fp32: packed (attended in the padded layout) against padded, exact to rounding. bf16: packed
+    on the host, attended by flash's varlen kernel and by SDPA's memory-efficient kernel, plain and
+    filled for CUDA graphs (bucket=256), against fp32: the packed path's error must be the padded
+    path's (bf16 rounding), not more."""
     from clipscratch.data.captions import read_table
     from clipscratch.models.packing import pack_tokens, uses_flash_varlen
 
     captions = [c for r in read_table(captions_path) for c in r.captions][:512]
     tokens = clipscratch.tokenize(captions, truncate=True).cuda()
     packed = pack_tokens(tokens.cpu()).to("cuda")
+    filled = pack_tokens(tokens.cpu(), bucket=256).to("cuda")
     torch.manual_seed(0)
     model = clipscratch.create_model("ViT-B-32").cuda()
     images = torch.randn(len(tokens), 3, 224, 224, device="cuda")
@@ -55,25 +57,20 @@ def packed_vs_padded(captions_path):
         return out.text_features.detach().float(), torch.cat([p.grad.flatten() for p in model.text.parameters()])
 
     f32, g32 = run(tokens, False)
-    fp, gp = run(packed, False)
     f16, g16 = run(tokens, True)
-    fv, gv = run(packed, True)
-    filled = pack_tokens(tokens.cpu(), bucket=256).to("cuda")
-    ff, gf = run(filled, True)
-    model.set_text_packing(False, "efficient")
-    fe, ge = run(packed, False)
-    fe16, ge16 = run(packed, True)
-    fef, gef = run(filled, True)
+    results = {"bf16_uses_flash_varlen": uses_flash_varlen(images.bfloat16()),
+               "bf16_padded_features_rel_err_vs_fp32": rel(f16, f32), "bf16_padded_grads_rel_err_vs_fp32": rel(g16, g32)}
+    for kernel in ("varlen", "efficient"):
+        model.set_text_packing(False, kernel)
+        fp, gp = run(packed, False)  # fp32: varlen runs in half precision only, so the padded layout's kernel
+        fh, gh = run(packed, True)
+        ff, gf = run(filled, True)
+        results.update({f"{kernel}_fp32_features_rel_err": rel(fp, f32), f"{kernel}_fp32_grads_rel_err": rel(gp, g32),
+                        f"{kernel}_bf16_features_rel_err_vs_fp32": rel(fh, f32), f"{kernel}_bf16_grads_rel_err_vs_fp32": rel(gh, g32),
+                        f"{kernel}_bf16_filled_features_rel_err_vs_fp32": rel(ff, f32),
+                        f"{kernel}_bf16_filled_grads_rel_err_vs_fp32": rel(gf, g32)})
     model.set_text_packing(False)
-    efficient = {"fp32_efficient_features_rel_err": rel(fe, f32), "fp32_efficient_grads_rel_err": rel(ge, g32),
-                 "bf16_efficient_features_rel_err_vs_fp32": rel(fe16, f32), "bf16_efficient_grads_rel_err_vs_fp32": rel(ge16, g32),
-                 "bf16_efficient_filled_features_rel_err_vs_fp32": rel(fef, f32),
-                 "bf16_efficient_filled_grads_rel_err_vs_fp32": rel(gef, g32)}
-    return {**efficient, "bf16_filled_features_rel_err_vs_packed": rel(ff, fv), "bf16_filled_grads_rel_err_vs_packed": rel(gf, gv),
-            "bf16_filled_features_rel_err_vs_fp32": rel(ff, f32), "bf16_filled_grads_rel_err_vs_fp32": rel(gf, g32),"fp32_packed_features_rel_err": rel(fp, f32), "fp32_packed_grads_rel_err": rel(gp, g32),
-            "bf16_uses_flash_varlen": uses_flash_varlen(images.bfloat16()),
-            "bf16_padded_features_rel_err_vs_fp32": rel(f16, f32), "bf16_packed_features_rel_err_vs_fp32": rel(fv, f32),
-            "bf16_padded_grads_rel_err_vs_fp32": rel(g16, g32), "bf16_packed_grads_rel_err_vs_fp32": rel(gv, g32)}
+    return results
 
 
 def grad_cache_with_patch_dropout():

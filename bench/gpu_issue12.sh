@@ -91,6 +91,9 @@
 #   bash bench/gpu_issue12.sh 51 DATA_DIR OUT_DIR  # ViT-B/32 b512 Flickr8k lengths compiled by default and under CUDA
 #                                                   graphs (@reduce-overhead, packing filled), varlen and attn=efficient
 #   bash bench/gpu_issue12.sh 52 DATA_DIR OUT_DIR  # the same with the Hateful Memes lengths
+#   bash bench/gpu_issue12.sh 53 DATA_DIR OUT_DIR  # packed text by both kernels checked against padded text; ViT-B/32
+#                                                   b512 Flickr8k lengths, the packing's new default (attended by SDPA's
+#                                                   memory-efficient kernel) against flash's varlen kernel
 #   bash bench/gpu_issue12.sh 43 DATA_DIR OUT_DIR  # train.py with the CPU workers, cuda_graphs=true for 600 steps
 #                                                   and compiled by default for 300 (data waits, GPU peak memory)
 #   bash bench/gpu_issue12.sh 45 DATA_DIR OUT_DIR  # ViT-B/16 b256 compiled: open_clip and packed clipscratch on
@@ -357,6 +360,11 @@ case $PART in
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_efficient.json" --variants open_clip clipscratch:packed clipscratch:packed@reduce-overhead \
       clipscratch:packed:attn=efficient 2>&1 | quiet ;;
+53)
+  timeout 100 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "packed text" 2>&1 | quiet
+  timeout 420 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_flickr_default_kernel.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=varlen \
+      2>&1 | quiet ;;
 51|52)
   [ "$PART" = 51 ] && captions="$FLICKR" || captions="$MEMES"
   timeout 580 $PY bench/train_step.py --captions "$captions" --models ViT-B-32 --warmup-rounds 1 --iters 48 \

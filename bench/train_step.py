@@ -7,12 +7,13 @@ Every step's captions are a batch of real captions drawn from the file (8 differ
 rotated), tokenised; the two implementations see the same tokens:
   open_clip            pads every caption to 77 tokens, as its users run it
   clipscratch:packed   each caption costs its own length: packed on the host as the training loop does
-                       (models/packing.py; flash attention's varlen kernel)
+                       (models/packing.py; attended in the padded layout by SDPA's memory-efficient kernel,
+                       or under @reduce-overhead by flash attention's varlen kernel: packing.attention_kernel)
   clipscratch:trimmed  the batch cut to its longest caption
   clipscratch:77       77 tokens, as open_clip
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
-  ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, sdpa, efficient, math)
+  ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, efficient, sdpa)
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)

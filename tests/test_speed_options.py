@@ -98,12 +98,12 @@ def _flickr_tokens(shared_data, n=48):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("checkpointing,kernel", [(False, "auto"), (True, "auto"), (False, "math")])
+@pytest.mark.parametrize("checkpointing,kernel", [(False, "auto"), (True, "auto"), (False, "varlen")])
 def test_packed_text_gives_the_same_features_loss_and_gradients(shared_data, dtype, checkpointing, kernel):
     """Real Flickr8k captions (lengths 5 to 40 tokens), packed into one sequence: the same
-    features, loss and gradients as the padded batch, with SDPA (auto on the CPU) and with the
-    written-out attention. float64: exact to rounding (1e-12); float32: only summation orders
-    change, as for trimming (same 1e-4 bound, 1e-6 seen)."""
+    features, loss and gradients as the padded batch (attended in the padded layout by SDPA on
+    the CPU, where flash's varlen kernel, asked for, does not run). float64: exact to rounding
+    (1e-12); float32: only summation orders change, as for trimming (same 1e-4 bound, 1e-6 seen)."""
     tokens = _flickr_tokens(shared_data)
     lengths = tokens.argmax(-1) + 1
     assert lengths.min() < 10 and lengths.max() > 25  # really ragged
@@ -125,8 +125,29 @@ def test_packed_text_gives_the_same_features_loss_and_gradients(shared_data, dty
 
 def test_unknown_packed_attention_kernel_is_refused():
     model = clipscratch.create_model("tiny-vit")
-    with pytest.raises(ValueError, match="unknown packed attention kernel 'flash'; use one of auto, varlen, sdpa, efficient, math"):
+    with pytest.raises(ValueError, match="unknown packed attention kernel 'flash'; use one of auto, varlen, efficient, sdpa"):
         model.set_text_packing(True, "flash")
+
+
+@pytest.mark.parametrize("kernel,cuda,dtype,filled,chosen", [
+    ("auto", True, torch.bfloat16, False, "efficient"),  # plain packing on a GPU: the padded layout (parts 48-50)
+    ("auto", True, torch.bfloat16, True, "varlen"),  # filled for CUDA graphs: T is the whole context
+    ("auto", True, torch.float32, True, "efficient"),  # varlen runs in half precision only
+    ("varlen", True, torch.float16, False, "varlen"),
+    ("sdpa", True, torch.bfloat16, False, "sdpa"),
+    ("auto", False, torch.bfloat16, True, "sdpa"),  # the CPU: SDPA's own pick
+    ("efficient", False, torch.float32, False, "sdpa"),
+])
+def test_packed_attention_kernel_choice(monkeypatch, kernel, cuda, dtype, filled, chosen):
+    from types import SimpleNamespace
+
+    from clipscratch.models import packing
+
+    monkeypatch.setattr(packing, "_VARLEN", lambda *a: None)  # as where torch has the varlen kernel
+    tokens = clipscratch.tokenize(["a dog", "a cat on a mat"])
+    packed = packing.pack_tokens(tokens, bucket=16 if filled else 0)
+    qkv = SimpleNamespace(is_cuda=cuda, dtype=dtype)  # what the choice reads of the projections' output
+    assert packing.attention_kernel(kernel, qkv, packed) == chosen
 
 
 def test_channels_last_resnet_gives_the_same_loss_and_gradients():

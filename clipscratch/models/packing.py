@@ -8,13 +8,15 @@ compiled step sees no data-dependent shape and never waits for the GPU; in the m
 (``CLIP.set_text_packing``) for a plain [B, L] batch.
 
 ``packed_attention`` is causal attention within each caption: flash attention's
-variable-length kernel on a CUDA GPU in half precision (no padding at all), otherwise the
-packed q/k/v are scattered into the padded layout [B, T] for ``scaled_dot_product_attention``
-(the zeros after a caption's end come after every real query, so they are never attended), by
-SDPA's memory-efficient kernel, or as softmax(q k^T + causal mask) v written out (``kernel``).
+variable-length kernel on a CUDA GPU in half precision (no padding at all), or the packed q/k/v
+scattered into the padded layout [B, T] for ``scaled_dot_product_attention`` (the zeros after a
+caption's end come after every real query, so they are never attended): its memory-efficient
+kernel on a CUDA GPU, whichever it picks elsewhere. By default varlen for a packing filled for
+CUDA graphs, the padded layout otherwise (``attention_kernel``).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import NamedTuple
 
@@ -99,37 +101,37 @@ def uses_flash_varlen(x: torch.Tensor) -> bool:
     return _VARLEN is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
 
-KERNELS = ("auto", "varlen", "sdpa", "efficient", "math")
+KERNELS = ("auto", "varlen", "efficient", "sdpa")
+
+
+def attention_kernel(kernel: str, qkv: torch.Tensor, packed: PackedTokens) -> str:
+    """The kernel that ``packed_attention`` runs for ``kernel``: "varlen" where flash's varlen
+    kernel runs (CUDA, half precision), "efficient" on a CUDA GPU, "sdpa" otherwise. "auto" takes
+    varlen for a packing filled for CUDA graphs (T is the whole context there, which costs the
+    padded layout, not varlen) and efficient for a plain one (a third of varlen's GPU time at
+    caption lengths: docs/benchmarks.md, parts 48-50)."""
+    if kernel == "auto":
+        filled = packed.layout.shape[0] > packed.ends.shape[0]
+        kernel = "varlen" if filled else "efficient"
+    if kernel == "varlen" and not uses_flash_varlen(qkv):
+        kernel = "efficient"
+    if kernel == "efficient" and not qkv.is_cuda:
+        kernel = "sdpa"
+    return kernel
 
 
 def packed_attention(qkv: torch.Tensor, heads: int, packed: PackedTokens, kernel: str = "auto") -> torch.Tensor:
-    """Causal self-attention of each caption over its own tokens: packed qkv [N, 3C] -> [N, C].
-    ``kernel``: "varlen" (flash's, CUDA half precision only); in the padded layout "sdpa"
-    (whichever kernel SDPA picks), "efficient" (its memory-efficient kernel on a CUDA GPU, SDPA's
-    pick elsewhere) or "math"; "auto" is varlen where it runs, sdpa elsewhere."""
+    """Causal self-attention of each caption over its own tokens: packed qkv [N, 3C] -> [N, C],
+    by flash's varlen kernel on the packed tokens, or in the padded layout [R, T] by SDPA's
+    memory-efficient kernel or whichever SDPA picks (``kernel``: KERNELS, attention_kernel)."""
     N, C = qkv.shape[0], qkv.shape[1] // 3
-    B, T = packed.layout.shape
-    if kernel == "auto":
-        kernel = "varlen" if uses_flash_varlen(qkv) else "sdpa"
+    R, T = packed.layout.shape
+    kernel = attention_kernel(kernel, qkv, packed)
     if kernel == "varlen":
         q, k, v = qkv.view(N, 3, heads, C // heads).unbind(1)  # 3 x [N, H, D]
         return _VARLEN(q, k, v, packed.starts, T).reshape(N, C)
-    padded = qkv.new_zeros(B * T, 3 * C).index_copy(0, packed.slots, qkv)  # [B*T, 3C]
-    q, k, v = padded.view(B, T, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]
-    if kernel == "math":
-        y = _causal_math(q, k, v)
-    elif kernel == "efficient" and q.is_cuda:
-        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, D]
-    else:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, D]
-    return y.transpose(1, 2).reshape(B * T, C)[packed.slots]  # [N, C]
-
-
-def _causal_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D) + causal mask) v, [B, H, T, D] -> [B, H, T, D], the softmax in
-    float32 (or float64): a few small products and one fused kernel under torch.compile."""
-    T = q.shape[-2]
-    scores = (q @ k.transpose(-2, -1)).to(torch.promote_types(q.dtype, torch.float32)) * q.shape[-1] ** -0.5  # [B, H, T, T]
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    return scores.masked_fill(future, float("-inf")).softmax(-1).to(v.dtype) @ v
+    padded = qkv.new_zeros(R * T, 3 * C).index_copy(0, packed.slots, qkv)  # [R*T, 3C]
+    q, k, v = padded.view(R, T, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [R, H, T, D]
+    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION) if kernel == "efficient" else contextlib.nullcontext():
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [R, H, T, D]
+    return y.transpose(1, 2).reshape(R * T, C)[packed.slots]  # [N, C]
