@@ -94,6 +94,9 @@
 #   bash bench/gpu_issue12.sh 53 DATA_DIR OUT_DIR  # packed text by both kernels checked against padded text; ViT-B/32
 #                                                   b512 Flickr8k lengths, the packing's new default (attended by SDPA's
 #                                                   memory-efficient kernel) against flash's varlen kernel
+#   bash bench/gpu_issue12.sh 54 DATA_DIR OUT_DIR  # part 45 again with the padded layout's memory-efficient kernel
+#                                                   (the new default): ViT-B/16 open_clip on Flickr8k lengths, ours on
+#                                                   three-token captions
 #   bash bench/gpu_issue12.sh 43 DATA_DIR OUT_DIR  # train.py with the CPU workers, cuda_graphs=true for 600 steps
 #                                                   and compiled by default for 300 (data waits, GPU peak memory)
 #   bash bench/gpu_issue12.sh 45 DATA_DIR OUT_DIR  # ViT-B/16 b256 compiled: open_clip and packed clipscratch on
@@ -360,6 +363,12 @@ case $PART in
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_efficient.json" --variants open_clip clipscratch:packed clipscratch:packed@reduce-overhead \
       clipscratch:packed:attn=efficient 2>&1 | quiet ;;
+54)
+  timeout 250 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
+      --variants open_clip 2>&1 | quiet
+  $PY -c "open('/tmp/one_word.token.txt', 'w').write(''.join(f'photo{i}.jpg#0\ta\n' for i in range(2000)))"
+  timeout 250 $PY bench/train_step.py --captions /tmp/one_word.token.txt --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_one_word.json" --variants clipscratch:packed 2>&1 | quiet ;;
 53)
   timeout 100 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "packed text" 2>&1 | quiet
   timeout 420 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
