@@ -21,8 +21,9 @@ rotated), tokenised; the two implementations see the same tokens:
                        multiple of 256 tokens (T = 77) so that a few recordings serve every batch
 Synthetic images on the GPU, random init, bf16 autocast, fused AdamW, the CLIP loss; model
 FLOPs are counted (torch.utils.flop_counter, one forward+backward) on the tokens each variant
-really computes (the flop counter does not see inside flash attention's varlen kernel: the packed
-captions' own attention products, under 0.1% of a step, go uncounted). GELU models (ViT-B-32,
+really computes (the counting step runs eagerly, where the packed captions' attention is the
+padded layout's on a GPU; the flop counter does not see inside flash attention's varlen kernel, so
+with attn=varlen the captions' own attention products, under 0.1% of a step, go uncounted). GELU models (ViT-B-32,
 ViT-B-16, ViT-L-14) on both sides.
 """
 import argparse

@@ -108,8 +108,8 @@ def attention_kernel(kernel: str, qkv: torch.Tensor, packed: PackedTokens) -> st
     """The kernel that ``packed_attention`` runs for ``kernel``: "varlen" where flash's varlen
     kernel runs (CUDA, half precision), "efficient" on a CUDA GPU, "sdpa" otherwise. "auto" takes
     varlen for a packing filled for CUDA graphs (T is the whole context there, which costs the
-    padded layout, not varlen) and efficient for a plain one (a third of varlen's GPU time at
-    caption lengths: docs/benchmarks.md, parts 48-50)."""
+    padded layout, not varlen) and efficient for a plain one (about half of varlen's GPU time at
+    caption lengths: docs/benchmarks.md, parts 48-53)."""
     if kernel == "auto":
         filled = packed.layout.shape[0] > packed.ends.shape[0]
         kernel = "varlen" if filled else "efficient"
