@@ -16,6 +16,7 @@ shapes are bound by the host's launches there), and the GPU's kernel time, the m
 under the profiler (what the layer costs inside a step whose launches run ahead of the GPU).
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -33,6 +34,14 @@ def math_attention(q, k, v, causal):
         T = q.shape[-2]
         s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     return s.float().softmax(-1).to(q.dtype) @ v
+
+
+def sdpa(backend, causal=False):
+    """scaled_dot_product_attention(q, k, v) with that backend only (None: SDPA's own pick)."""
+    def attend(q, k, v):
+        with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return attend
 
 
 def timed(fn, *inputs, iters=20):
@@ -87,20 +96,12 @@ def text_rows(captions_path, batch, filled=False):
         q, k, v = full.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
         return attend(q, k, v).transpose(1, 2).reshape(B * T, H * D)[packed.slots]
 
-    def sdpa(backend):
-        def attend(q, k, v):
-            if backend is None:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return attend
-
     variants = {
         "varlen": lambda x: packing.packed_attention(x, H, packed),
-        "padded sdpa": lambda x: padded(x, sdpa(None)),
-        "padded cudnn": lambda x: padded(x, sdpa(SDPBackend.CUDNN_ATTENTION)),
-        "padded flash": lambda x: padded(x, sdpa(SDPBackend.FLASH_ATTENTION)),
-        "padded efficient": lambda x: padded(x, sdpa(SDPBackend.EFFICIENT_ATTENTION)),
+        "padded sdpa": lambda x: padded(x, sdpa(None, causal=True)),
+        "padded cudnn": lambda x: padded(x, sdpa(SDPBackend.CUDNN_ATTENTION, causal=True)),
+        "padded flash": lambda x: padded(x, sdpa(SDPBackend.FLASH_ATTENTION, causal=True)),
+        "padded efficient": lambda x: padded(x, sdpa(SDPBackend.EFFICIENT_ATTENTION, causal=True)),
         "efficient (packing.py)": lambda x: packing.packed_attention(x, H, packed, "efficient"),
         "padded math": lambda x: padded(x, lambda q, k, v: math_attention(q, k, v, True)),
     }
@@ -119,11 +120,7 @@ def image_rows(B, T):
 
             fn = torch.compile(flex_attention)
         else:
-            def fn(q, k, v, backend=backend):
-                if backend is None:
-                    return F.scaled_dot_product_attention(q, k, v)
-                with sdpa_kernel(backend):
-                    return F.scaled_dot_product_attention(q, k, v)
+            fn = sdpa(backend)
         rows.append(row(f"image B={B} T={T}", name, fn, q, k, v))
     return rows
 

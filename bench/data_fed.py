@@ -303,10 +303,11 @@ def feed_process(pattern, batch, workers, size, kind, dev, bucket, handed, stop)
     from clipscratch.models.packing import pack_tokens
 
     try:
+        pack = functools.partial(pack_tokens, bucket=bucket)
         for b in fed_loader(pattern, batch, workers, size, kind, dev):
             if stop.is_set():
                 break
-            moved = to_device(b, torch.device(dev), size, kind, pack=functools.partial(pack_tokens, bucket=bucket))
+            moved = to_device(b, torch.device(dev), size, kind, pack=pack)
             if moved is not None:
                 handed.put(moved)
     except BaseException as error:  # noqa: BLE001 - reported to the training process

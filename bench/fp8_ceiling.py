@@ -24,11 +24,10 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from clipscratch.models.fp8 import E4M3, to_fp8  # noqa: E402
 
-E4M3 = torch.float8_e4m3fn
 M, WIDTH, LAYERS = 256 * 197, 768, 12
 PROJECTIONS = {"qkv": (WIDTH, 3 * WIDTH), "out": (WIDTH, WIDTH), "fc1": (WIDTH, 4 * WIDTH), "fc2": (4 * WIDTH, WIDTH)}
 
@@ -69,14 +68,14 @@ def product_rows():
     return rows
 
 
+def _tensorwise(t):
+    """(t / s in e4m3, s): one scale for the tensor, as models/fp8.py's."""
+    return to_fp8(t, E4M3)
+
+
 def _rowwise(t):
     """[R, C] -> (t / s in e4m3, s [R, 1]): each row scaled by its own absolute maximum."""
     scale = t.detach().abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12) / torch.finfo(E4M3).max
-    return (t.float() / scale).to(E4M3), scale
-
-
-def _tensorwise(t):
-    scale = t.detach().abs().amax().float().clamp_min(1e-12) / torch.finfo(E4M3).max
     return (t.float() / scale).to(E4M3), scale
 
 
