@@ -7,10 +7,12 @@ text (the text tower's 8 heads of 64, a batch of 512 real captions as ViT-B/32's
   padded sdpa    scattered into [B, T] (T = the longest caption), scaled_dot_product_attention
                  (padded cudnn / flash / efficient: that backend only)
   padded math    the same layout, softmax(q k^T + causal mask) v written out for Inductor to fuse
-image ([B, 12, T, 64] as ViT-B/32 at batch 512, T=50, and ViT-B/16 at batch 256, T=197):
+image (12 heads of 64 as ViT-B/32 at batch 512, T=50, and ViT-B/16 at batch 256, T=197; q, k, v
+views of one projection's output [B, T, 3C] as in the model, each compiled):
   sdpa (default), flash, cudnn, efficient: scaled_dot_product_attention with that backend only
   math           softmax(q k^T) v written out
   flex           FlexAttention (torch.nn.attention.flex_attention, Triton), no mask
+  cudnn / efficient, contiguous q/k/v: copied out of the projection's output first
 Milliseconds per layer (forward + backward): the wall time, median of 20 after warm-up (small
 shapes are bound by the host's launches there), and the GPU's kernel time, the mean over 20
 under the profiler (what the layer costs inside a step whose launches run ahead of the GPU).
@@ -81,7 +83,6 @@ def row(shape, name, fn, *inputs):
 
 
 def text_rows(captions_path, batch, filled=False):
-    import clipscratch
     from clipscratch.models import packing
     from train_step import caption_batches
 
@@ -109,19 +110,30 @@ def text_rows(captions_path, batch, filled=False):
 
 
 def image_rows(B, T):
-    q, k, v = (torch.randn(B, 12, T, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    rows = []
-    for name, backend in (("sdpa", None), ("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
-                          ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("math", "math"), ("flex", "flex")):
-        if backend == "math":
-            fn = torch.compile(lambda q, k, v: math_attention(q, k, v, False))
-        elif backend == "flex":  # FlexAttention's Triton kernel, no mask
-            from torch.nn.attention.flex_attention import flex_attention
+    """The image tower's attention as the model runs it: q, k and v views of one projection's
+    output [B, T, 3C] (layers.Attention), the output back to [B, T, C]; each backend of SDPA, the
+    written-out softmax, FlexAttention; and cuDNN and memory-efficient on contiguous q, k, v."""
+    H, D = 12, 64
+    qkv = torch.randn(B, T, 3 * H * D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 
-            fn = torch.compile(flex_attention)
-        else:
-            fn = sdpa(backend)
-        rows.append(row(f"image B={B} T={T}", name, fn, q, k, v))
+    def as_model(attend, contiguous=False):
+        def layer(qkv):
+            q, k, v = qkv.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]
+            if contiguous:
+                q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            return attend(q, k, v).transpose(1, 2).reshape(B, T, H * D)
+        return layer
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    variants = {
+        "sdpa": sdpa(None), "flash": sdpa(SDPBackend.FLASH_ATTENTION), "cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
+        "efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION), "math": lambda q, k, v: math_attention(q, k, v, False),
+        "flex": flex_attention,  # FlexAttention's Triton kernel, no mask
+    }
+    rows = [row(f"image B={B} T={T}", name, torch.compile(as_model(attend)), qkv) for name, attend in variants.items()]
+    for name in ("cudnn", "efficient"):
+        rows.append(row(f"image B={B} T={T}", f"{name}, contiguous q/k/v", torch.compile(as_model(variants[name], True)), qkv))
     return rows
 
 
@@ -129,11 +141,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", required=True)
     p.add_argument("--text-only", action="store_true", help="only the text rows")
+    p.add_argument("--image-only", action="store_true", help="only the image rows")
     p.add_argument("--filled", action="store_true", help="the captions packed as for CUDA graphs (bucket=256, T=77)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_shapes.json"))
     args = p.parse_args()
     sys.path.insert(0, os.path.dirname(__file__))
-    rows = [r for batch in (512, 256) for r in text_rows(args.captions, batch, args.filled)]
+    rows = [] if args.image_only else [r for batch in (512, 256) for r in text_rows(args.captions, batch, args.filled)]
     if not args.text_only:
         rows += image_rows(512, 50) + image_rows(256, 197)
     print("| shape | variant | ms per layer (fwd+bwd) | GPU kernel ms |\n|---|---|---|---|")

@@ -14,6 +14,8 @@ rotated), tokenised; the two implementations see the same tokens:
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
   ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, efficient, sdpa)
+  ...:img=BACKEND      the image tower's attention by that SDPA backend only (cudnn, efficient, flash;
+                       the default is SDPA's own pick, as open_clip's)
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
@@ -35,6 +37,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -65,6 +68,19 @@ def clip_loss(img, txt, scale):
     logits = scale * img @ txt.T
     labels = torch.arange(img.shape[0], device=img.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+SDPA_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "flash": "FLASH_ATTENTION"}
+
+
+def image_backend(variant: str):
+    """The context the step's forward runs in: SDPA limited to the backend of ``img=BACKEND``."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    name = next((o.split("=", 1)[1] for o in variant.split(":") if o.startswith("img=")), None)
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name])) if name else contextlib.nullcontext()
 
 
 def build(variant: str, name: str):
@@ -107,7 +123,7 @@ def setup(variant, name, batches, bucket=0):
     tokens = [prepare_tokens(b, mode, bucket).to("cuda") for b in batches]
 
     def step(images, tokens):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16), image_backend(variant):
             loss = clip_loss(model.encode_image(images), model.encode_text(tokens), scale_fn())
         loss.backward()
         optimizer.step()
@@ -139,19 +155,23 @@ def measure(variant, name, batches, compiled, warmup_rounds, iters, mode=None):
     torch.cuda.synchronize()
     warm_s = time.perf_counter() - t0
     torch.cuda.reset_peak_memory_stats()
+    skips = counters["inductor"]["cudagraph_skips"]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    host = time.perf_counter()
+    calls = []  # the host's time of each call: a few ms where CUDA graphs replay, the whole step where they do not
     for i in range(iters):
+        host = time.perf_counter()
         run(images, tokens[i % len(tokens)])
-    host_ms = (time.perf_counter() - host) * 1000 / iters  # the host time per call (a full launch queue also makes it step_ms)
+        calls.append((time.perf_counter() - host) * 1000)
+    host_ms = sum(calls) / iters  # the host time per call (a full launch queue also makes it step_ms)
     end.record()
     torch.cuda.synchronize()
     ms = start.elapsed_time(end) / iters
     result = {"variant": variant, "model": name, "compiled": compiled, "compile_mode": mode if compiled else None,
               "batch": bs, "step_ms": ms,
               "samples_per_s": bs / ms * 1000, "host_ms": host_ms, "tflops": flops / (ms / 1000) / 1e12,
-              "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "warmup_s": warm_s}
+              "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "warmup_s": warm_s,
+              "host_ms_calls": [round(t, 1) for t in calls], "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips}
     del model, optimizer, run
     torch.cuda.empty_cache()
     torch._dynamo.reset()
