@@ -108,8 +108,10 @@
 #   bash bench/gpu_issue12.sh 55 DATA_DIR OUT_DIR  # the image tower's attention kernels as the model lays out q/k/v
 #                                                   (GPU kernel time); ViT-B/32 b512 Memes lengths under CUDA graphs with
 #                                                   cudagraph trees' log and the host's time of each call
-#   bash bench/gpu_issue12.sh 56 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths with the image tower's attention by
-#                                                   SDPA's pick (cuDNN), the memory-efficient and the flash kernel
+#   bash bench/gpu_issue12.sh 56 DATA_DIR OUT_DIR  # ViT-B/32 b512 Memes lengths under CUDA graphs, every batch shape
+#                                                   recorded before the timed steps; the image tower's attention by SDPA's
+#                                                   pick and by its memory-efficient kernel
+#   bash bench/gpu_issue12.sh 57 DATA_DIR OUT_DIR  # the same with Flickr8k lengths
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -370,10 +372,11 @@ case $PART in
       --warmup-rounds 1 --iters 48 --json "$O/b32_memes_graphs_calls.json" --variants clipscratch:packed@reduce-overhead \
       > "$O/b32_memes_graphs_calls.log" 2>&1
   grep -v "^W[0-9]" "$O/b32_memes_graphs_calls.log" | cut -c1-400 | grep -iE "record|skip|recompil|warm|^\{|^\|" | head -60 ;;
-56)
-  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
-      --json "$O/b16_flickr_img_attention.json" --variants open_clip clipscratch:packed clipscratch:packed:img=efficient \
-      clipscratch:packed:img=flash 2>&1 | quiet ;;
+56|57)
+  [ "$PART" = 56 ] && captions="$MEMES" || captions="$FLICKR"
+  timeout 580 $PY bench/train_step.py --captions "$captions" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_$(basename "$(dirname "$captions")")_graphs_img.json" --variants open_clip \
+      clipscratch:packed@reduce-overhead clipscratch:packed:img=efficient@reduce-overhead 2>&1 | quiet ;;
 50)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_efficient.json" --variants open_clip clipscratch:packed clipscratch:packed@reduce-overhead \
