@@ -13,6 +13,7 @@ views of one projection's output [B, T, 3C] as in the model, each compiled):
   math           softmax(q k^T) v written out
   flex           FlexAttention (torch.nn.attention.flex_attention, Triton), no mask
   cudnn / efficient, contiguous q/k/v: copied out of the projection's output first
+--image-sweep: SDPA's pick, cuDNN, memory-efficient and flash at T = 50 ... 257 (B x T ~ 25,600)
 Milliseconds per layer (forward + backward): the wall time, median of 20 after warm-up (small
 shapes are bound by the host's launches there), and the GPU's kernel time, the mean over 20
 under the profiler (what the layer costs inside a step whose launches run ahead of the GPU).
@@ -76,6 +77,7 @@ def gpu_ms(fn, *inputs, iters=20):
 
 
 def row(shape, name, fn, *inputs):
+    torch._dynamo.reset()  # each row compiled afresh: the rows' closures share code, whose recompilations are capped
     try:
         return {"shape": shape, "variant": name, "ms": timed(fn, *inputs), "gpu_ms": gpu_ms(fn, *inputs)}
     except Exception as e:
@@ -109,7 +111,17 @@ def text_rows(captions_path, batch, filled=False):
     return [row(f"text B={batch} N={N} T={T}" + (" filled" if filled else ""), name, torch.compile(fn), qkv) for name, fn in variants.items()]
 
 
-def image_rows(B, T):
+def image_sweep(tokens=(50, 65, 82, 101, 145, 197, 257), budget=25_600):
+    """The image tower's attention over image sizes (ViT-B/32 at 224 to 512 px, ViT-B/16 and ViT-L/14
+    at 224: T = 50 ... 257), B x T ~ ``budget`` tokens: SDPA's pick against the memory-efficient
+    kernel (and flash), to place the sequence length where the pick is right."""
+    rows = []
+    for T in tokens:
+        rows += image_rows(max(1, budget // T), T, ("sdpa", "cudnn", "efficient", "flash"), contiguous=False)
+    return rows
+
+
+def image_rows(B, T, names=("sdpa", "flash", "cudnn", "efficient", "math", "flex"), contiguous=True):
     """The image tower's attention as the model runs it: q, k and v views of one projection's
     output [B, T, 3C] (layers.Attention), the output back to [B, T, C]; each backend of SDPA, the
     written-out softmax, FlexAttention; and cuDNN and memory-efficient on contiguous q, k, v."""
@@ -131,8 +143,8 @@ def image_rows(B, T):
         "efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION), "math": lambda q, k, v: math_attention(q, k, v, False),
         "flex": flex_attention,  # FlexAttention's Triton kernel, no mask
     }
-    rows = [row(f"image B={B} T={T}", name, torch.compile(as_model(attend)), qkv) for name, attend in variants.items()]
-    for name in ("cudnn", "efficient"):
+    rows = [row(f"image B={B} T={T}", name, torch.compile(as_model(variants[name])), qkv) for name in names]
+    for name in ("cudnn", "efficient") if contiguous else ():
         rows.append(row(f"image B={B} T={T}", f"{name}, contiguous q/k/v", torch.compile(as_model(variants[name], True)), qkv))
     return rows
 
@@ -142,18 +154,25 @@ def main():
     p.add_argument("--captions", required=True)
     p.add_argument("--text-only", action="store_true", help="only the text rows")
     p.add_argument("--image-only", action="store_true", help="only the image rows")
+    p.add_argument("--image-sweep", action="store_true", help="only the image tower's attention over T = 50 ... 257")
     p.add_argument("--filled", action="store_true", help="the captions packed as for CUDA graphs (bucket=256, T=77)")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "attention_shapes.json"))
     args = p.parse_args()
     sys.path.insert(0, os.path.dirname(__file__))
+    if args.image_sweep:
+        return report(image_sweep(), args.json)
     rows = [] if args.image_only else [r for batch in (512, 256) for r in text_rows(args.captions, batch, args.filled)]
     if not args.text_only:
         rows += image_rows(512, 50) + image_rows(256, 197)
+    report(rows, args.json)
+
+
+def report(rows, path):
     print("| shape | variant | ms per layer (fwd+bwd) | GPU kernel ms |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['variant']} | {r['ms']:.3f} | {r['gpu_ms']:.3f} |" if r["ms"] is not None else
               f"| {r['shape']} | {r['variant']} | failed: {r['error']} | |")
-    with open(args.json, "w") as f:
+    with open(path, "w") as f:
         json.dump(rows, f, indent=2)
 
 

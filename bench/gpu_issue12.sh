@@ -112,6 +112,8 @@
 #                                                   recorded before the timed steps; the image tower's attention by SDPA's
 #                                                   pick and by its memory-efficient kernel
 #   bash bench/gpu_issue12.sh 57 DATA_DIR OUT_DIR  # the same with Flickr8k lengths
+#   bash bench/gpu_issue12.sh 58 DATA_DIR OUT_DIR  # the image tower's attention over T = 50 ... 257: SDPA's pick, cuDNN,
+#                                                   memory-efficient, flash; the rows of part 55 again, each compiled afresh
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -372,6 +374,9 @@ case $PART in
       --warmup-rounds 1 --iters 48 --json "$O/b32_memes_graphs_calls.json" --variants clipscratch:packed@reduce-overhead \
       > "$O/b32_memes_graphs_calls.log" 2>&1
   grep -v "^W[0-9]" "$O/b32_memes_graphs_calls.log" | cut -c1-400 | grep -iE "record|skip|recompil|warm|^\{|^\|" | head -60 ;;
+58)
+  timeout 250 $PY bench/attention_shapes.py --captions "$FLICKR" --image-sweep --json "$O/attention_image_sweep.json" 2>&1 | quiet
+  timeout 200 $PY bench/attention_shapes.py --captions "$FLICKR" --image-only --json "$O/attention_image_gpu.json" 2>&1 | quiet ;;
 56|57)
   [ "$PART" = 56 ] && captions="$MEMES" || captions="$FLICKR"
   timeout 580 $PY bench/train_step.py --captions "$captions" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
