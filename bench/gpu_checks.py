@@ -7,7 +7,10 @@
 2. gradient caching with patch dropout == the big batch with the same dropped patches (the CUDA
    generator replayed, not only the CPU one);
 3. the FP8 linear == its own emulation (quantised operands, float32 products);
-4. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
+4. attention by SDPA's memory-efficient kernel first for short sequences (CLIP.set_attention_kernel's
+   default) == SDPA's own pick, in fp32 to rounding and in bf16 as close to fp32, and the kernels
+   each one runs;
+5. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
 
@@ -71,6 +74,43 @@ def packed_vs_padded(captions_path):
                         f"{kernel}_bf16_filled_grads_rel_err_vs_fp32": rel(gf, g32)})
     model.set_text_packing(False)
     return results
+
+
+def attention_kernels():
+    """ViT-B/32 (50 image tokens; 77-token text) forward and backward with the attention kernel
+    "auto" (SDPA's memory-efficient kernel first up to 64 tokens) against "sdpa" (SDPA's own
+    pick): fp32 features and gradients equal to rounding, bf16 as far from fp32 under both; and
+    the attention kernels each runs, from the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = clipscratch.create_model("ViT-B-32").cuda()
+    images = torch.randn(256, 3, 224, 224, device="cuda")
+    tokens = clipscratch.tokenize([f"a photo of {n} dogs" for n in range(256)]).cuda()
+
+    def run(kernel, bf16):
+        model.set_attention_kernel(kernel)
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            out = model(images, tokens)
+            ClipLoss()(*out).backward()
+        return out.image_features.detach().float(), torch.cat([p.grad.flatten() for p in model.visual.parameters()])
+
+    def kernels(kernel):
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run(kernel, True)
+            torch.cuda.synchronize()
+        names = {e.key for e in prof.key_averages()}
+        return sorted(n[:60] for n in names if any(w in n.lower() for w in ("fmha", "sdpa", "flash", "attention")))
+
+    ref32, ref_g32 = run("sdpa", False)
+    auto32, auto_g32 = run("auto", False)
+    ref16, ref_g16 = run("sdpa", True)
+    auto16, auto_g16 = run("auto", True)
+    return {"fp32_features_rel_err": rel(auto32, ref32), "fp32_image_grads_rel_err": rel(auto_g32, ref_g32),
+            "sdpa_bf16_features_rel_err_vs_fp32": rel(ref16, ref32), "auto_bf16_features_rel_err_vs_fp32": rel(auto16, ref32),
+            "sdpa_bf16_grads_rel_err_vs_fp32": rel(ref_g16, ref_g32), "auto_bf16_grads_rel_err_vs_fp32": rel(auto_g16, ref_g32),
+            "sdpa_kernels": kernels("sdpa"), "auto_kernels": kernels("auto")}
 
 
 def grad_cache_with_patch_dropout():
@@ -149,7 +189,7 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     results = {}
     for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
-                     ("fp8 linear", fp8_vs_emulation), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
+                     ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
         if args.only and name not in args.only:
             continue
         try:

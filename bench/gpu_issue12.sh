@@ -114,6 +114,9 @@
 #   bash bench/gpu_issue12.sh 57 DATA_DIR OUT_DIR  # the same with Flickr8k lengths
 #   bash bench/gpu_issue12.sh 58 DATA_DIR OUT_DIR  # the image tower's attention over T = 50 ... 257: SDPA's pick, cuDNN,
 #                                                   memory-efficient, flash; the rows of part 55 again, each compiled afresh
+#   bash bench/gpu_issue12.sh 59 DATA_DIR OUT_DIR  # attention by the memory-efficient kernel first up to 64 tokens (the
+#                                                   new default) checked against SDPA's pick; ViT-B/32 b512 Flickr8k
+#                                                   lengths with each, compiled by default and under CUDA graphs
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -374,6 +377,11 @@ case $PART in
       --warmup-rounds 1 --iters 48 --json "$O/b32_memes_graphs_calls.json" --variants clipscratch:packed@reduce-overhead \
       > "$O/b32_memes_graphs_calls.log" 2>&1
   grep -v "^W[0-9]" "$O/b32_memes_graphs_calls.log" | cut -c1-400 | grep -iE "record|skip|recompil|warm|^\{|^\|" | head -60 ;;
+59)
+  timeout 120 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "attention kernel" 2>&1 | quiet
+  timeout 460 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_flickr_attention_kernel.json" --variants open_clip clipscratch:packed clipscratch:packed:sdpa \
+      clipscratch:packed@reduce-overhead clipscratch:packed:sdpa@reduce-overhead 2>&1 | quiet ;;
 58)
   timeout 250 $PY bench/attention_shapes.py --captions "$FLICKR" --image-sweep --json "$O/attention_image_sweep.json" 2>&1 | quiet
   timeout 200 $PY bench/attention_shapes.py --captions "$FLICKR" --image-only --json "$O/attention_image_gpu.json" 2>&1 | quiet ;;

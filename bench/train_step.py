@@ -14,8 +14,10 @@ rotated), tokenised; the two implementations see the same tokens:
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
   ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, efficient, sdpa)
-  ...:img=BACKEND      the image tower's attention by that SDPA backend only (cudnn, efficient, flash;
-                       the default is SDPA's own pick, as open_clip's)
+  ...:sdpa             attention (packed captions aside) by SDPA's own pick of backend, as open_clip's
+                       (CLIP.set_attention_kernel("sdpa"); the default tries SDPA's memory-efficient
+                       kernel first for sequences of up to 64 tokens: layers.sdpa_backends)
+  ...:img=BACKEND      the same, with SDPA limited to that backend (cudnn, efficient, flash) in the step
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
@@ -74,7 +76,8 @@ SDPA_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
 
 
 def image_backend(variant: str):
-    """The context the step's forward runs in: SDPA limited to the backend of ``img=BACKEND``."""
+    """The context the step's forward runs in: SDPA limited to the backend of ``img=BACKEND`` (the
+    model then leaves the pick to SDPA, which this limits)."""
     import contextlib
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -98,6 +101,7 @@ def build(variant: str, name: str):
     model.set_text_packing(mode == "packed", kernel)
     model.set_fp8("fp8" in options)
     model.set_mlp_recompute("recompute" in options)
+    model.set_attention_kernel("sdpa" if "sdpa" in options or any(o.startswith("img=") for o in options) else "auto")
     return model, model.scale, mode
 
 

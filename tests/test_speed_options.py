@@ -150,6 +150,47 @@ def test_packed_attention_kernel_choice(monkeypatch, kernel, cuda, dtype, filled
     assert packing.attention_kernel(kernel, qkv, packed) == chosen
 
 
+def test_attention_kernel_reaches_every_attention_forward_and_unknown_ones_are_refused(monkeypatch):
+    from clipscratch.models import layers
+
+    model = clipscratch.create_model("tiny-vit")
+    with pytest.raises(ValueError, match="unknown attention kernel 'cudnn'; use one of auto, sdpa"):
+        model.set_attention_kernel("cudnn")
+    seen = []  # (T, kernel) of each attention call
+    choose = layers.sdpa_backends
+    monkeypatch.setattr(layers, "sdpa_backends", lambda q, kernel: seen.append((q.shape[-2], kernel)) or choose(q, kernel))
+    images, tokens = torch.randn(2, 3, 32, 32), clipscratch.tokenize(["a dog", "a cat on a mat"])
+    for kernel in ("sdpa", "auto"):
+        model.set_attention_kernel(kernel)
+        seen.clear()
+        model(images, tokens)
+        assert seen == [(17, kernel)] * 2 + [(77, kernel)] * 2  # 2 image blocks of 16 patches + CLS, 2 text blocks
+
+
+@pytest.mark.parametrize("kernel,cuda,T,efficient_first", [
+    ("auto", True, 50, True),  # ViT-B/32's image tokens: 75% of cuDNN's GPU time (part 58)
+    ("auto", True, 64, True),
+    ("auto", True, 65, False),  # cuDNN is faster from 65 tokens on (part 58)
+    ("auto", True, 197, False),
+    ("sdpa", True, 50, False),
+    ("auto", False, 50, False),  # the CPU: SDPA's own pick
+])
+def test_short_sequences_try_the_memory_efficient_kernel_first_on_a_gpu(kernel, cuda, T, efficient_first):
+    from types import SimpleNamespace
+
+    from torch.nn.attention import SDPBackend
+
+    from clipscratch.models import layers
+
+    q = SimpleNamespace(is_cuda=cuda, shape=(2, 12, T, 64))  # what the choice reads of q [B, H, T, D]
+    before = torch._C._get_sdp_priority_order()
+    with layers.sdpa_backends(q, kernel):
+        order = torch._C._get_sdp_priority_order()
+    assert order[0] == SDPBackend.EFFICIENT_ATTENTION.value if efficient_first else order == before
+    assert sorted(order) == sorted(before)  # every backend still allowed, in another order
+    assert torch._C._get_sdp_priority_order() == before
+
+
 def test_channels_last_resnet_gives_the_same_loss_and_gradients():
     """bench/train_step.py --channels-last: the ModifiedResNet in channels-last memory format."""
     torch.manual_seed(0)

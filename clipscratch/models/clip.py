@@ -81,6 +81,18 @@ class CLIP(nn.Module):
             if isinstance(module, Attention):
                 module.packed_kernel = kernel
 
+    def set_attention_kernel(self, kernel: str = "auto") -> None:
+        """How both towers' attention picks SDPA's backend (packed captions aside): "auto" tries
+        the memory-efficient kernel first for sequences of up to 64 tokens on a CUDA GPU
+        (layers.sdpa_backends); "sdpa" leaves the pick to SDPA."""
+        from .layers import ATTENTION_KERNELS, Attention
+
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"unknown attention kernel {kernel!r}; use one of {', '.join(ATTENTION_KERNELS)}")
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.kernel = kernel
+
     def set_fp8(self, enabled: bool = True) -> None:
         """Every attention and MLP projection in FP8 (models/fp8.py); for training on Hopper."""
         from .layers import MLP, Attention

@@ -6,11 +6,14 @@ Activations are batch-first: ``[B, T, C]``.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from .fp8 import linear
@@ -43,6 +46,26 @@ def make_activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}; use 'quick_gelu' or 'gelu'")
 
 
+ATTENTION_KERNELS = ("auto", "sdpa")
+
+# Up to 64 tokens, SDPA's memory-efficient kernel holds a whole sequence in one block of keys: at
+# ViT-B/32's 50 image tokens it takes 75% of the GPU time of SDPA's own pick (cuDNN), and 75% at
+# 35-token captions (causal); from 65 tokens on cuDNN is faster (docs/benchmarks.md, parts 48, 58).
+SHORT_SEQUENCE = 64
+_EFFICIENT_FIRST = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                    SDPBackend.MATH]
+_HAS_PRIORITY = "set_priority" in inspect.signature(sdpa_kernel).parameters  # torch >= 2.6
+
+
+def sdpa_backends(q: torch.Tensor, kernel: str = "auto"):
+    """The context SDPA runs q [B, H, T, D] in: with ``kernel="auto"`` on a CUDA GPU and T <= 64,
+    the memory-efficient kernel first (SDPA's own order where it cannot run); SDPA's own pick
+    otherwise, and always with ``kernel="sdpa"``."""
+    if kernel == "auto" and q.is_cuda and q.shape[-2] <= SHORT_SEQUENCE and _HAS_PRIORITY:
+        return sdpa_kernel(_EFFICIENT_FIRST, set_priority=True)
+    return contextlib.nullcontext()
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
@@ -59,6 +82,7 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         self.fp8 = False  # CLIP.set_fp8: the two projections in FP8 (fp8.py)
         self.packed_kernel = "auto"  # CLIP.set_text_packing: attention within packed captions (packing.KERNELS)
+        self.kernel = "auto"  # CLIP.set_attention_kernel: SDPA's backends otherwise (ATTENTION_KERNELS, sdpa_backends)
 
     def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
         """x [B, T, C]; or packed tokens [N, C] with ``packing``: the projections run on the N
@@ -70,7 +94,8 @@ class Attention(nn.Module):
         else:
             B, T = qkv.shape[:2]
             q, k, v = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, T, D]
+            with sdpa_backends(q, self.kernel):
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, T, D]
             y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
         return linear(y, self.out_proj.weight, self.out_proj.bias, self.fp8)
 
