@@ -16,7 +16,8 @@ views of one projection's output [B, T, 3C] as in the model, each compiled):
 --image-sweep: SDPA's pick, cuDNN, memory-efficient and flash at T = 50 ... 257 (B x T ~ 25,600)
 Milliseconds per layer (forward + backward): the wall time, median of 20 after warm-up (small
 shapes are bound by the host's launches there), and the GPU's kernel time, the mean over 20
-under the profiler (what the layer costs inside a step whose launches run ahead of the GPU).
+under the profiler (what the layer costs inside a step whose launches run ahead of the GPU);
+and the GPU's kernel time of the forward alone without autograd (as in evaluation).
 """
 import argparse
 import contextlib
@@ -61,15 +62,23 @@ def timed(fn, *inputs, iters=20):
     return sorted(times)[len(times) // 2]
 
 
-def gpu_ms(fn, *inputs, iters=20):
-    """The GPU's kernel time per call of fn(*inputs).sum().backward(), from the profiler."""
+def gpu_ms(fn, *inputs, iters=20, backward=True):
+    """The GPU's kernel time per call of fn(*inputs).sum().backward() (or of the forward alone,
+    without autograd, as in evaluation), from the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    fn(*inputs).sum().backward()
+    def call():
+        if backward:
+            fn(*inputs).sum().backward()
+        else:
+            with torch.no_grad():
+                fn(*inputs)
+
+    call()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
-            fn(*inputs).sum().backward()
+            call()
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
     total_us = sum(getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0) for e in events)
@@ -79,7 +88,8 @@ def gpu_ms(fn, *inputs, iters=20):
 def row(shape, name, fn, *inputs):
     torch._dynamo.reset()  # each row compiled afresh: the rows' closures share code, whose recompilations are capped
     try:
-        return {"shape": shape, "variant": name, "ms": timed(fn, *inputs), "gpu_ms": gpu_ms(fn, *inputs)}
+        return {"shape": shape, "variant": name, "ms": timed(fn, *inputs), "gpu_ms": gpu_ms(fn, *inputs),
+                "forward_gpu_ms": gpu_ms(fn, *inputs, backward=False)}
     except Exception as e:
         return {"shape": shape, "variant": name, "ms": None, "gpu_ms": None, "error": str(e)[:200]}
 
@@ -168,10 +178,10 @@ def main():
 
 
 def report(rows, path):
-    print("| shape | variant | ms per layer (fwd+bwd) | GPU kernel ms |\n|---|---|---|---|")
+    print("| shape | variant | ms per layer (fwd+bwd) | GPU kernel ms | GPU kernel ms, forward alone |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['shape']} | {r['variant']} | {r['ms']:.3f} | {r['gpu_ms']:.3f} |" if r["ms"] is not None else
-              f"| {r['shape']} | {r['variant']} | failed: {r['error']} | |")
+        print(f"| {r['shape']} | {r['variant']} | {r['ms']:.3f} | {r['gpu_ms']:.3f} | {r['forward_gpu_ms']:.3f} |"
+              if r["ms"] is not None else f"| {r['shape']} | {r['variant']} | failed: {r['error']} | | |")
     with open(path, "w") as f:
         json.dump(rows, f, indent=2)
 

@@ -118,6 +118,8 @@
 #                                                   new default) checked against SDPA's pick; ViT-B/32 b512 Flickr8k
 #                                                   lengths with each, compiled by default and under CUDA graphs
 #   bash bench/gpu_issue12.sh 60 DATA_DIR OUT_DIR  # part 59's check for three inits and batches
+#   bash bench/gpu_issue12.sh 61 DATA_DIR OUT_DIR  # part 58's sweep with the forward alone (as in evaluation) beside
+#                                                   forward + backward
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -378,6 +380,8 @@ case $PART in
       --warmup-rounds 1 --iters 48 --json "$O/b32_memes_graphs_calls.json" --variants clipscratch:packed@reduce-overhead \
       > "$O/b32_memes_graphs_calls.log" 2>&1
   grep -v "^W[0-9]" "$O/b32_memes_graphs_calls.log" | cut -c1-400 | grep -iE "record|skip|recompil|warm|^\{|^\|" | head -60 ;;
+61)
+  timeout 400 $PY bench/attention_shapes.py --captions "$FLICKR" --image-sweep --json "$O/attention_image_sweep.json" 2>&1 | quiet ;;
 60)
   timeout 200 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "attention kernel" 2>&1 | quiet ;;
 59)
