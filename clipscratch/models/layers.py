@@ -49,9 +49,9 @@ def make_activation(name: str) -> nn.Module:
 ATTENTION_KERNELS = ("auto", "sdpa")
 
 # Up to 64 tokens, SDPA's memory-efficient kernel holds a whole sequence in one block of keys: at
-# ViT-B/32's 50 image tokens it takes 75% of the GPU time of SDPA's own pick (cuDNN), and 75% at
-# 35-token captions (causal), forward and backward alike; from 65 tokens on cuDNN is faster
-# (docs/benchmarks.md, parts 48, 58, 61).
+# ViT-B/32's 50 image tokens it takes 75% of the GPU time of SDPA's own pick (cuDNN), forward and
+# backward as in the forward alone, and 75% at 35-token captions (causal); from 65 tokens on cuDNN
+# is faster (docs/benchmarks.md, parts 48, 58, 61).
 SHORT_SEQUENCE = 64
 _EFFICIENT_FIRST = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                     SDPBackend.MATH]
