@@ -120,6 +120,9 @@
 #   bash bench/gpu_issue12.sh 60 DATA_DIR OUT_DIR  # part 59's check for three inits and batches
 #   bash bench/gpu_issue12.sh 61 DATA_DIR OUT_DIR  # part 58's sweep with the forward alone (as in evaluation) beside
 #                                                   forward + backward
+#   bash bench/gpu_issue12.sh 62 DATA_DIR OUT_DIR  # the final code: ViT-B/32 b512 Memes lengths compiled by default and
+#                                                   under CUDA graphs
+#   bash bench/gpu_issue12.sh 63 DATA_DIR OUT_DIR  # the final code: ViT-B/16 b256 Flickr8k lengths
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -380,6 +383,12 @@ case $PART in
       --warmup-rounds 1 --iters 48 --json "$O/b32_memes_graphs_calls.json" --variants clipscratch:packed@reduce-overhead \
       > "$O/b32_memes_graphs_calls.log" 2>&1
   grep -v "^W[0-9]" "$O/b32_memes_graphs_calls.log" | cut -c1-400 | grep -iE "record|skip|recompil|warm|^\{|^\|" | head -60 ;;
+62)
+  timeout 580 $PY bench/train_step.py --captions "$MEMES" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_memes_final.json" --variants open_clip clipscratch:packed clipscratch:packed@reduce-overhead 2>&1 | quiet ;;
+63)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_flickr_final.json" --variants open_clip clipscratch:packed 2>&1 | quiet ;;
 61)
   timeout 400 $PY bench/attention_shapes.py --captions "$FLICKR" --image-sweep --json "$O/attention_image_sweep.json" 2>&1 | quiet ;;
 60)
