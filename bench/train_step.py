@@ -31,6 +31,7 @@ with attn=varlen the captions' own attention products, under 0.1% of a step, go 
 ViT-B-16, ViT-L-14) on both sides.
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -40,6 +41,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
+from torch.nn.attention import sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -76,14 +78,12 @@ SDPA_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
 
 
 def image_backend(variant: str):
-    """The context the step's forward runs in: SDPA limited to the backend of ``img=BACKEND`` (the
-    model then leaves the pick to SDPA, which this limits)."""
-    import contextlib
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    """The SDPA backend of ``img=BACKEND``, the only one the step's forward may use (the model then
+    leaves the pick to SDPA, which this limits); None without it."""
+    from torch.nn.attention import SDPBackend
 
     name = next((o.split("=", 1)[1] for o in variant.split(":") if o.startswith("img=")), None)
-    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name])) if name else contextlib.nullcontext()
+    return getattr(SDPBackend, SDPA_BACKENDS[name]) if name else None
 
 
 def build(variant: str, name: str):
@@ -125,9 +125,10 @@ def setup(variant, name, batches, bucket=0):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     images = torch.randn(batches[0].shape[0], 3, 224, 224, device="cuda")
     tokens = [prepare_tokens(b, mode, bucket).to("cuda") for b in batches]
+    backend = image_backend(variant)
 
     def step(images, tokens):
-        with torch.autocast("cuda", dtype=torch.bfloat16), image_backend(variant):
+        with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(backend) if backend else contextlib.nullcontext():
             loss = clip_loss(model.encode_image(images), model.encode_text(tokens), scale_fn())
         loss.backward()
         optimizer.step()
