@@ -2,7 +2,7 @@
 # Re-creates the README's evaluation figures and numbers from the default run's checkpoint:
 # the evaluation methods, the align-text study and the shapes captioning demonstration.
 #   bash docs/make_figures.sh [CHECKPOINT]     (CPU, minutes)
-# The MNIST study (12.5 minutes) and the GPU runs have their own commands in the README.
+# The MNIST study (9 minutes) and the GPU runs have their own commands in the README.
 set -euo pipefail
 CKPT=${1:-$(ls -d runs/default/checkpoints/step_* | tail -1)}
 OUT=eval_results/readme
