@@ -36,6 +36,17 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+def features_and_grads(model, images, text, bf16, tower):
+    """One forward and backward of the CLIP loss (bf16 autocast or fp32): ``tower``'s ("image" or
+    "text") features in fp32 and the gradients of its parameters, flattened."""
+    model.zero_grad()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        out = model(images, text)
+        ClipLoss()(*out).backward()
+    features, params = (out.image_features, model.visual) if tower == "image" else (out.text_features, model.text)
+    return features.detach().float(), torch.cat([p.grad.flatten() for p in params.parameters()])
+
+
 def packed_vs_padded(captions_path):
     """fp32: packed (attended in the padded layout) against padded, exact to rounding. bf16: packed
     on the host, attended by flash's varlen kernel and by SDPA's memory-efficient kernel, plain and
@@ -53,11 +64,7 @@ def packed_vs_padded(captions_path):
     images = torch.randn(len(tokens), 3, 224, 224, device="cuda")
 
     def run(text, bf16):
-        model.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            out = model(images, text)
-            ClipLoss()(*out).backward()
-        return out.text_features.detach().float(), torch.cat([p.grad.flatten() for p in model.text.parameters()])
+        return features_and_grads(model, images, text, bf16, "text")
 
     f32, g32 = run(tokens, False)
     f16, g16 = run(tokens, True)
@@ -85,11 +92,7 @@ def attention_kernels(seeds=3):
 
     def run(model, images, tokens, kernel, bf16):
         model.set_attention_kernel(kernel)
-        model.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            out = model(images, tokens)
-            ClipLoss()(*out).backward()
-        return out.image_features.detach().float(), torch.cat([p.grad.flatten() for p in model.visual.parameters()])
+        return features_and_grads(model, images, tokens, bf16, "image")
 
     def kernels(*args):
         with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -74,12 +74,9 @@ class CLIP(nn.Module):
         from .layers import Attention
         from .packing import KERNELS
 
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown packed attention kernel {kernel!r}; use one of {', '.join(KERNELS)}")
+        _check_kernel(kernel, KERNELS, "packed attention kernel")
         self.text.pack = enabled
-        for module in self.text.modules():
-            if isinstance(module, Attention):
-                module.packed_kernel = kernel
+        _set_on(self.text, Attention, "packed_kernel", kernel)
 
     def set_attention_kernel(self, kernel: str = "auto") -> None:
         """How both towers' attention picks SDPA's backend (packed captions aside): "auto" tries
@@ -87,19 +84,14 @@ class CLIP(nn.Module):
         (layers.sdpa_backends); "sdpa" leaves the pick to SDPA."""
         from .layers import ATTENTION_KERNELS, Attention
 
-        if kernel not in ATTENTION_KERNELS:
-            raise ValueError(f"unknown attention kernel {kernel!r}; use one of {', '.join(ATTENTION_KERNELS)}")
-        for module in self.modules():
-            if isinstance(module, Attention):
-                module.kernel = kernel
+        _check_kernel(kernel, ATTENTION_KERNELS, "attention kernel")
+        _set_on(self, Attention, "kernel", kernel)
 
     def set_fp8(self, enabled: bool = True) -> None:
         """Every attention and MLP projection in FP8 (models/fp8.py); for training on Hopper."""
         from .layers import MLP, Attention
 
-        for module in self.modules():
-            if isinstance(module, (Attention, MLP)):
-                module.fp8 = enabled
+        _set_on(self, (Attention, MLP), "fp8", enabled)
 
     def _transformers(self):
         return [self.text.transformer] + ([self.visual.transformer] if hasattr(self.visual, "transformer") else [])
@@ -115,3 +107,15 @@ class CLIP(nn.Module):
         it changes nothing."""
         for transformer in self._transformers():
             transformer.recompute_mlp = enabled
+
+
+def _set_on(root: nn.Module, types, attribute: str, value) -> None:
+    """``attribute = value`` on every module of ``types`` under ``root``."""
+    for module in root.modules():
+        if isinstance(module, types):
+            setattr(module, attribute, value)
+
+
+def _check_kernel(kernel: str, known, what: str) -> None:
+    if kernel not in known:
+        raise ValueError(f"unknown {what} {kernel!r}; use one of {', '.join(known)}")
