@@ -10,7 +10,11 @@
 4. attention by SDPA's memory-efficient kernel first for short sequences (CLIP.set_attention_kernel's
    default) == SDPA's own pick, in fp32 to rounding and in bf16 as close to fp32, and the kernels
    each one runs;
-5. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
+5. each MLP's bias gradient computed in the pass of its hidden gradient (models/bias_activation.py,
+   CLIP.set_fused_activation) == autograd's two passes: fp32 features and gradients of both towers
+   to rounding, bf16 as far from fp32 under both, eager and compiled with packed captions of two
+   lengths (one graph for both), and the Triton kernel in the profile;
+6. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
 
@@ -37,13 +41,14 @@ def rel(a, b):
 
 
 def features_and_grads(model, images, text, bf16, tower):
-    """One forward and backward of the CLIP loss (bf16 autocast or fp32): ``tower``'s ("image" or
-    "text") features in fp32 and the gradients of its parameters, flattened."""
+    """One forward and backward of the CLIP loss (bf16 autocast or fp32): ``tower``'s ("image",
+    "text" or "both") features in fp32 and the gradients of its parameters, flattened."""
     model.zero_grad()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         out = model(images, text)
         ClipLoss()(*out).backward()
-    features, params = (out.image_features, model.visual) if tower == "image" else (out.text_features, model.text)
+    features, params = {"image": (out.image_features, model.visual), "text": (out.text_features, model.text),
+                        "both": (torch.cat([out.image_features, out.text_features]), model)}[tower]
     return features.detach().float(), torch.cat([p.grad.flatten() for p in params.parameters()])
 
 
@@ -184,6 +189,65 @@ def nvimgcodec_check(photos_dir):
             "mean_abs_diff_vs_pil": sum(diffs) / len(diffs), "max_diff_after_buffer_reuse": reuse_diff, "max_image_diff": max(diffs), "decodes_per_s_256px": rate}
 
 
+def fused_activation(captions_path, seeds=3):
+    """ViT-B/32 forward and backward with the MLPs' one-pass bias gradient (fused) against
+    autograd's (plain): fp32 features and gradients of both towers equal to rounding, bf16 as far
+    from fp32 under both; compiled with packed captions of two batch lengths; the kernels run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from clipscratch.data.captions import read_table
+    from clipscratch.models.packing import pack_tokens
+
+    def both_towers(model, images, text, fused, bf16):
+        model.set_fused_activation(fused)
+        return features_and_grads(model, images, text, bf16, "both")
+
+    results = {}
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        model = clipscratch.create_model("ViT-B-32").cuda()
+        images = torch.randn(128, 3, 224, 224, device="cuda")
+        tokens = clipscratch.tokenize([f"a photo of {n} dogs" for n in range(128)]).cuda()
+        ref, ref_g = both_towers(model, images, tokens, False, False)
+        got, got_g = both_towers(model, images, tokens, True, False)
+        results.setdefault("fp32_features_rel_err", []).append(rel(got, ref))
+        results.setdefault("fp32_grads_rel_err", []).append(rel(got_g, ref_g))
+        for fused in (False, True):
+            f16, g16 = both_towers(model, images, tokens, fused, True)
+            name = "fused" if fused else "plain"
+            results.setdefault(f"{name}_bf16_features_rel_err_vs_fp32", []).append(rel(f16, ref))
+            results.setdefault(f"{name}_bf16_grads_rel_err_vs_fp32", []).append(rel(g16, ref_g))
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        both_towers(model, images, tokens, True, True)
+        torch.cuda.synchronize()
+    results["fused_kernels"] = sorted({e.key[:60] for e in prof.key_averages() if "bias_activation" in e.key or "gelu" in e.key.lower()})
+
+    # compiled, packed captions of two lengths: the operator traced with a symbolic token count
+    captions = [c for r in read_table(captions_path) for c in r.captions]
+    model.set_text_packing(True)
+
+    def loss(i, t):
+        return ClipLoss()(*model(i, t))
+
+    compiled_loss = torch.compile(loss)
+
+    def grads(text, fused, compiled):  # fp32
+        model.set_fused_activation(fused)
+        model.zero_grad()
+        (compiled_loss if compiled else loss)(images, text).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    torch._dynamo.reset()
+    for i, batch in enumerate((captions[:128], captions[5000:5128])):
+        packed = pack_tokens(clipscratch.tokenize(batch, truncate=True)).to("cuda")
+        results[f"compiled_fused_vs_eager_plain_fp32_grads_rel_err_batch{i}"] = rel(grads(packed, True, True),
+                                                                                   grads(packed, False, False))
+        results[f"batch{i}_tokens"] = int(packed.ids.numel())
+    results["compiled_frames"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    model.set_text_packing(False)
+    return results
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", required=True)
@@ -194,7 +258,8 @@ def main():
     torch.backends.cudnn.allow_tf32 = False
     results = {}
     for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
-                     ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
+                     ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels),
+                     ("fused activation", lambda: fused_activation(args.captions)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
         if args.only and name not in args.only:
             continue
         try:

@@ -123,6 +123,10 @@
 #   bash bench/gpu_issue12.sh 62 DATA_DIR OUT_DIR  # the final code: ViT-B/32 b512 Memes lengths compiled by default and
 #                                                   under CUDA graphs
 #   bash bench/gpu_issue12.sh 63 DATA_DIR OUT_DIR  # the final code: ViT-B/16 b256 Flickr8k lengths
+#   bash bench/gpu_issue12.sh 64 DATA_DIR OUT_DIR  # the MLP's bias gradient in the pass of its hidden gradient
+#                                                   (models/bias_activation.py): the kernel alone and its GPU check
+#   bash bench/gpu_issue12.sh 65 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths with it and without (:unfused)
+#   bash bench/gpu_issue12.sh 66 DATA_DIR OUT_DIR  # ViT-B/32 b512 Flickr8k lengths with it and without
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -386,6 +390,15 @@ case $PART in
 62)
   timeout 580 $PY bench/train_step.py --captions "$MEMES" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_memes_final.json" --variants open_clip clipscratch:packed clipscratch:packed@reduce-overhead 2>&1 | quiet ;;
+64)
+  timeout 200 $PY bench/bias_activation.py --json "$O/bias_activation.json" 2>&1 | quiet
+  timeout 300 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused activation" 2>&1 | quiet ;;
+65)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
+66)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 63)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_final.json" --variants open_clip clipscratch:packed 2>&1 | quiet ;;

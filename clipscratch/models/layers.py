@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from .bias_activation import activate, bias_activation, fused_here
 from .fp8 import linear
 from .packing import PackedTokens, packed_attention
 
@@ -35,7 +36,7 @@ class QuickGELU(nn.Module):
     """x * sigmoid(1.702 x): the GELU approximation OpenAI's models were trained with."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return activate(x, "quick_gelu")
 
 
 def make_activation(name: str) -> nn.Module:
@@ -106,11 +107,18 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(width, hidden)
         self.gelu = make_activation(activation)
+        self.activation = activation
         self.c_proj = nn.Linear(hidden, width)
         self.fp8 = False  # CLIP.set_fp8
+        # CLIP.set_fused_activation: while training on a CUDA GPU with Triton, the hidden bias and activation
+        # through bias_activation.py, whose backward computes the bias gradient in the same pass
+        self.fused_activation = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.gelu(linear(x, self.c_fc.weight, self.c_fc.bias, self.fp8))  # [B, T, 4C]
+        if self.fused_activation and fused_here(x):
+            x = bias_activation(linear(x, self.c_fc.weight, None, self.fp8), self.c_fc.bias, self.activation)  # [B, T, 4C]
+        else:
+            x = self.gelu(linear(x, self.c_fc.weight, self.c_fc.bias, self.fp8))  # [B, T, 4C]
         return linear(x, self.c_proj.weight, self.c_proj.bias, self.fp8)  # [B, T, C]
 
 
