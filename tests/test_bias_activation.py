@@ -12,6 +12,7 @@ import torch
 from clipscratch.models import bias_activation as ba
 from clipscratch.models import layers
 from clipscratch.models.layers import MLP, make_activation
+from clipscratch.models.triton_support import TRITON, fused_here
 
 
 @pytest.mark.parametrize("name", ba.ACTIVATIONS)
@@ -80,20 +81,24 @@ def test_mlp_fused_path_gives_the_plain_mlps_output_and_gradients(monkeypatch, a
 
 def test_fused_path_only_while_training_on_a_gpu():
     x = torch.zeros(2, 3)
-    assert not ba.fused_here(x)  # a CPU tensor
+    assert not fused_here(x)  # a CPU tensor
     with torch.no_grad():
-        assert not ba.fused_here(x)
+        assert not fused_here(x)
 
 
-def test_set_fused_activation_reaches_every_mlp():
+def test_set_fused_backward_reaches_every_mlp_and_attention():
     import clipscratch
 
     model = clipscratch.create_model("tiny-vit")
     mlps = [m for m in model.modules() if isinstance(m, MLP)]
     assert len(mlps) == model.visual.transformer.layers + model.text.transformer.layers
     assert all(m.fused_activation for m in mlps)
-    model.set_fused_activation(False)
-    assert not any(m.fused_activation for m in mlps)
+    attentions = [m for m in model.modules() if isinstance(m, layers.Attention)]
+    assert len(attentions) == len(mlps) and all(a.fused_heads for a in attentions)
+    model.set_fused_backward(mlp=False)
+    assert not any(m.fused_activation for m in mlps) and all(a.fused_heads for a in attentions)
+    model.set_fused_backward(heads=False)
+    assert all(m.fused_activation for m in mlps) and not any(a.fused_heads for a in attentions)
 
 
 KERNEL_CHECK = textwrap.dedent("""
@@ -129,7 +134,7 @@ KERNEL_CHECK = textwrap.dedent("""
 
 def test_triton_kernel_matches_the_formulas_in_the_interpreter():
     pytest.importorskip("triton")
-    if not ba.TRITON:
+    if not TRITON:
         pytest.skip("torch.library.triton_op needs torch >= 2.6")
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)

@@ -22,6 +22,8 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from .triton_support import TRITON, tl, triton
+
 ACTIVATIONS = ("gelu", "quick_gelu")
 QUICK_GELU_SCALE = 1.702
 # Rows per program: the bias gradient is summed over M / ROWS strips afterwards (197 x 3072
@@ -85,11 +87,6 @@ def bias_activation(h: torch.Tensor, bias: torch.Tensor, name: str) -> torch.Ten
     return _BiasActivation.apply(h, bias, name)
 
 
-def fused_here(x: torch.Tensor) -> bool:
-    """Whether the one-pass backward runs for input x: on a CUDA GPU, gradients on, Triton there."""
-    return x.is_cuda and torch.is_grad_enabled() and TRITON
-
-
 def launch(kernel, grad: torch.Tensor, h: torch.Tensor, bias: torch.Tensor, quick: bool,
            rows: int = ROWS, block_m: int = BLOCK_M, block_n: int = BLOCK_N,
            warps: int = WARPS) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -104,14 +101,6 @@ def launch(kernel, grad: torch.Tensor, h: torch.Tensor, bias: torch.Tensor, quic
                  num_warps=warps)
     return grad_h, partial.sum(0).to(bias.dtype)
 
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:
-    triton = None
-# Triton there, and torch able to compile through its kernels (torch.library.triton_op, torch >= 2.6)
-TRITON = triton is not None and hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton")
 
 if TRITON:
     @triton.jit
