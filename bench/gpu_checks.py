@@ -11,10 +11,9 @@
    default) == SDPA's own pick, in fp32 to rounding and in bf16 as close to fp32, and the kernels
    each one runs;
 5. each MLP's bias gradient computed in the pass of its hidden gradient (models/bias_activation.py,
-   CLIP.set_fused_backward) == autograd's two passes: fp32 features and gradients of both towers
+   CLIP.set_fused_activation) == autograd's two passes: fp32 features and gradients of both towers
    to rounding, bf16 as far from fp32 under both, eager and compiled with packed captions of two
-   lengths (one graph for both), and the Triton kernels in the profile; one attention layer compiled
-   against eager;
+   lengths (one graph for both), and the Triton kernel in the profile;
 6. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
@@ -200,7 +199,7 @@ def fused_activation(captions_path, seeds=3):
     from clipscratch.models.packing import pack_tokens
 
     def both_towers(model, images, text, fused, bf16):
-        model.set_fused_backward(fused, fused)
+        model.set_fused_activation(fused)
         return features_and_grads(model, images, text, bf16, "both")
 
     results = {}
@@ -221,7 +220,7 @@ def fused_activation(captions_path, seeds=3):
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         both_towers(model, images, tokens, True, True)
         torch.cuda.synchronize()
-    results["fused_kernels"] = sorted({e.key[:60] for e in prof.key_averages() if any(w in e.key for w in ("bias_activation", "qkv_heads")) or "gelu" in e.key.lower()})
+    results["fused_kernels"] = sorted({e.key[:60] for e in prof.key_averages() if "bias_activation" in e.key or "gelu" in e.key.lower()})
 
     # compiled, packed captions of two lengths: the operator traced with a symbolic token count
     captions = [c for r in read_table(captions_path) for c in r.captions]
@@ -233,7 +232,7 @@ def fused_activation(captions_path, seeds=3):
     compiled_loss = torch.compile(loss)
 
     def grads(text, fused, compiled):  # fp32
-        model.set_fused_backward(fused, fused)
+        model.set_fused_activation(fused)
         model.zero_grad()
         (compiled_loss if compiled else loss)(images, text).backward()
         return torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -249,39 +248,6 @@ def fused_activation(captions_path, seeds=3):
     return results
 
 
-def fused_heads_compiled():
-    """One attention layer (width 768, 12 heads) compiled against eager autograd, fp32, at ViT-B/32's
-    50 and ViT-B/16's 197 image tokens: the gradients of x and the parameters with the q/k/v
-    projection's backward by qkv_heads, eager and compiled, through the Triton kernel and (compiled)
-    through its torch form."""
-    from clipscratch.models import layers, qkv_projection as qp
-
-    results = {}
-    for T in (50, 197):
-        torch.manual_seed(T)
-        attn = layers.Attention(768, 12).cuda()
-        torch.nn.init.normal_(attn.in_proj_weight, std=768 ** -0.5)
-        torch.nn.init.normal_(attn.in_proj_bias, std=0.1)
-        x = torch.randn(64, T, 768, device="cuda", requires_grad=True)
-
-        def grads(fused, compiled):
-            attn.fused_heads = fused
-            torch._dynamo.reset()
-            fn = torch.compile(lambda x: attn(x).square().sum()) if compiled else (lambda x: attn(x).square().sum())
-            return torch.cat([g.flatten() for g in torch.autograd.grad(fn(x), [x] + list(attn.parameters()))])
-
-        ref = grads(False, False)
-        results[f"T{T}_eager_rel_err"] = rel(grads(True, False), ref)
-        results[f"T{T}_compiled_rel_err"] = rel(grads(True, True), ref)
-        qp.TRITON = False
-        try:
-            results[f"T{T}_compiled_torch_backward_rel_err"] = rel(grads(True, True), ref)
-        finally:
-            qp.TRITON = True
-    torch._dynamo.reset()
-    return results
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", required=True)
@@ -293,8 +259,7 @@ def main():
     results = {}
     for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
                      ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels),
-                     ("fused activation", lambda: fused_activation(args.captions)),
-                     ("fused heads compiled", fused_heads_compiled), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
+                     ("fused activation", lambda: fused_activation(args.captions)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
         if args.only and name not in args.only:
             continue
         try:

@@ -13,9 +13,8 @@ rotated), tokenised; the two implementations see the same tokens:
   clipscratch:77       77 tokens, as open_clip
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
-  ...:unfused          the bias gradients of the MLPs' hidden layers and of attention's q/k/v by autograd's
-                       own passes, not in the passes of their inputs' gradients (CLIP.set_fused_backward;
-                       models/bias_activation.py, models/qkv_projection.py); :unfused-heads the q/k/v only
+  ...:unfused          each MLP's bias gradient by autograd's own pass, not in the pass of the hidden
+                       gradient (CLIP.set_fused_activation(False); models/bias_activation.py)
   ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, efficient, sdpa)
   ...:sdpa             attention (packed captions aside) by SDPA's own pick of backend, as open_clip's
                        (CLIP.set_attention_kernel("sdpa"); the default tries SDPA's memory-efficient
@@ -104,7 +103,7 @@ def build(variant: str, name: str):
     model.set_text_packing(mode == "packed", kernel)
     model.set_fp8("fp8" in options)
     model.set_mlp_recompute("recompute" in options)
-    model.set_fused_backward(mlp="unfused" not in options, heads=not {"unfused", "unfused-heads"} & set(options))
+    model.set_fused_activation("unfused" not in options)
     model.set_attention_kernel("sdpa" if "sdpa" in options or any(o.startswith("img=") for o in options) else "auto")
     return model, model.scale, mode
 

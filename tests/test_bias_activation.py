@@ -86,19 +86,15 @@ def test_fused_path_only_while_training_on_a_gpu():
         assert not fused_here(x)
 
 
-def test_set_fused_backward_reaches_every_mlp_and_attention():
+def test_set_fused_activation_reaches_every_mlp():
     import clipscratch
 
     model = clipscratch.create_model("tiny-vit")
     mlps = [m for m in model.modules() if isinstance(m, MLP)]
     assert len(mlps) == model.visual.transformer.layers + model.text.transformer.layers
     assert all(m.fused_activation for m in mlps)
-    attentions = [m for m in model.modules() if isinstance(m, layers.Attention)]
-    assert len(attentions) == len(mlps) and all(a.fused_heads for a in attentions)
-    model.set_fused_backward(mlp=False)
-    assert not any(m.fused_activation for m in mlps) and all(a.fused_heads for a in attentions)
-    model.set_fused_backward(heads=False)
-    assert all(m.fused_activation for m in mlps) and not any(a.fused_heads for a in attentions)
+    model.set_fused_activation(False)
+    assert not any(m.fused_activation for m in mlps)
 
 
 KERNEL_CHECK = textwrap.dedent("""

@@ -93,15 +93,13 @@ class CLIP(nn.Module):
 
         _set_on(self, (Attention, MLP), "fp8", enabled)
 
-    def set_fused_backward(self, mlp: bool = True, heads: bool = True) -> None:
-        """While training on a CUDA GPU with Triton, the bias gradients of each MLP's hidden layer
-        (``mlp``) and of each attention's q/k/v (``heads``) summed in the passes that compute their
-        inputs' gradients (models/bias_activation.py, models/qkv_projection.py); off: autograd's
-        own passes."""
-        from .layers import MLP, Attention
+    def set_fused_activation(self, enabled: bool = True) -> None:
+        """While training on a CUDA GPU with Triton, each MLP's hidden bias and activation with a
+        backward that computes the bias gradient in the same pass (models/bias_activation.py);
+        off: the bias in the product and autograd's activation, as elsewhere."""
+        from .layers import MLP
 
-        _set_on(self, MLP, "fused_activation", mlp)
-        _set_on(self, Attention, "fused_heads", heads)
+        _set_on(self, MLP, "fused_activation", enabled)
 
     def _transformers(self):
         return [self.text.transformer] + ([self.visual.transformer] if hasattr(self.visual, "transformer") else [])

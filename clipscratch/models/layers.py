@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,6 @@ from .bias_activation import activate, bias_activation
 from .triton_support import fused_here
 from .fp8 import linear
 from .packing import PackedTokens, packed_attention
-from .qkv_projection import qkv_heads, split_heads
 
 
 class LayerNorm(nn.LayerNorm):
@@ -87,28 +86,21 @@ class Attention(nn.Module):
         self.fp8 = False  # CLIP.set_fp8: the two projections in FP8 (fp8.py)
         self.packed_kernel = "auto"  # CLIP.set_text_packing: attention within packed captions (packing.KERNELS)
         self.kernel = "auto"  # CLIP.set_attention_kernel: SDPA's backends otherwise (ATTENTION_KERNELS, sdpa_backends)
-        # CLIP.set_fused_backward: while training on a CUDA GPU with Triton, q/k/v through qkv_projection.py,
-        # whose backward sums the bias gradient in the pass that gathers the heads' gradients
-        self.fused_heads = True
 
     def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
         """x [B, T, C]; or packed tokens [N, C] with ``packing``: the projections run on the N
         real tokens, attention on each caption's own tokens (packing.packed_attention, causal)."""
+        C = x.shape[-1]
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8)  # [B, T, 3C] or [N, 3C]
         if packing is not None:
-            qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8)  # [N, 3C]
             y = packed_attention(qkv, self.heads, packing, self.packed_kernel)  # [N, C]
         else:
-            q, k, v = self.heads_of(x)  # 3 x [B, H, T, D]
+            B, T = qkv.shape[:2]
+            q, k, v = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]
             with sdpa_backends(q, self.kernel):
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, T, D]
-            y = y.transpose(1, 2).flatten(2)  # [B, T, C]
+            y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
         return linear(y, self.out_proj.weight, self.out_proj.bias, self.fp8)
-
-    def heads_of(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, C] -> q, k, v [B, H, T, D]."""
-        if self.fused_heads and not self.fp8 and fused_here(x):
-            return qkv_heads(x, self.in_proj_weight, self.in_proj_bias, self.heads)
-        return split_heads(linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8), self.heads)
 
 
 class MLP(nn.Module):
@@ -119,7 +111,7 @@ class MLP(nn.Module):
         self.activation = activation
         self.c_proj = nn.Linear(hidden, width)
         self.fp8 = False  # CLIP.set_fp8
-        # CLIP.set_fused_backward: while training on a CUDA GPU with Triton, the hidden bias and activation
+        # CLIP.set_fused_activation: while training on a CUDA GPU with Triton, the hidden bias and activation
         # through bias_activation.py, whose backward computes the bias gradient in the same pass
         self.fused_activation = True
 

@@ -1,6 +1,5 @@
-"""Triton where it is installed, and whether a training step can run the package's Triton kernels
-(models/bias_activation.py, models/qkv_projection.py): torch.library.triton_op (torch >= 2.6)
-lets torch.compile trace into them."""
+"""Triton where it is installed, and whether a training step can run the package's Triton kernel
+(models/bias_activation.py): torch.library.triton_op (torch >= 2.6) lets torch.compile trace into it."""
 from __future__ import annotations
 
 import torch
