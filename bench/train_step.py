@@ -13,8 +13,10 @@ rotated), tokenised; the two implementations see the same tokens:
   clipscratch:77       77 tokens, as open_clip
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
-  ...:unfused          each MLP's bias gradient by autograd's own pass, not in the pass of the hidden
-                       gradient (CLIP.set_fused_activation(False); models/bias_activation.py)
+  ...:fused            each MLP's bias gradient in the pass of the hidden gradient, not by autograd's own
+                       (CLIP.set_fused_activation(True); models/bias_activation.py; experimental, off by
+                       default; parts 64-71 ran with it on by default, so their clipscratch:packed is
+                       today's clipscratch:packed:fused and their :unfused today's default)
   ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, efficient, sdpa)
   ...:sdpa             attention (packed captions aside) by SDPA's own pick of backend, as open_clip's
                        (CLIP.set_attention_kernel("sdpa"); the default tries SDPA's memory-efficient
@@ -103,7 +105,7 @@ def build(variant: str, name: str):
     model.set_text_packing(mode == "packed", kernel)
     model.set_fp8("fp8" in options)
     model.set_mlp_recompute("recompute" in options)
-    model.set_fused_activation("unfused" not in options)
+    model.set_fused_activation("fused" in options)
     model.set_attention_kernel("sdpa" if "sdpa" in options or any(o.startswith("img=") for o in options) else "auto")
     return model, model.scale, mode
 

@@ -92,6 +92,8 @@ def test_set_fused_activation_reaches_every_mlp():
     model = clipscratch.create_model("tiny-vit")
     mlps = [m for m in model.modules() if isinstance(m, MLP)]
     assert len(mlps) == model.visual.transformer.layers + model.text.transformer.layers
+    assert not any(m.fused_activation for m in mlps)  # off by default
+    model.set_fused_activation(True)
     assert all(m.fused_activation for m in mlps)
     model.set_fused_activation(False)
     assert not any(m.fused_activation for m in mlps)

@@ -111,9 +111,10 @@ class MLP(nn.Module):
         self.activation = activation
         self.c_proj = nn.Linear(hidden, width)
         self.fp8 = False  # CLIP.set_fp8
-        # CLIP.set_fused_activation: while training on a CUDA GPU with Triton, the hidden bias and activation
-        # through bias_activation.py, whose backward computes the bias gradient in the same pass
-        self.fused_activation = True
+        # CLIP.set_fused_activation (off by default: docs/benchmarks.md, parts 64-71): while training on a CUDA GPU
+        # with Triton, the hidden bias and activation through bias_activation.py, whose backward computes the bias
+        # gradient in the same pass
+        self.fused_activation = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_activation and fused_here(x):
