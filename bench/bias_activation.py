@@ -20,26 +20,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from gpu_timing import median_ms  # noqa: E402
 from clipscratch.models import bias_activation as ba  # noqa: E402
 
 SHAPES = {"ViT-B/16 b256 image MLP": (256 * 197, 3072), "ViT-B/32 b512 image MLP": (512 * 50, 3072),
           "ViT-B/32 b512 text MLP, Flickr8k (7,229 tokens)": (7229, 2048)}
+ITERS = 30
 CONFIGS = [(256, 32, 128, 4), (256, 16, 256, 4), (256, 8, 512, 4), (256, 4, 1024, 4), (256, 8, 1024, 8),
            (128, 8, 512, 4), (256, 16, 512, 8), (512, 8, 512, 4), (256, 4, 512, 2), (256, 32, 256, 8)]
-
-
-def median_ms(fn, iters=30):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def forward_backward(fn, h, b, grad):
@@ -61,13 +49,13 @@ def main():
         b = torch.randn(N, device="cuda", requires_grad=True)
         grad = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
         row = {"shape": name, "M": M, "N": N,
-               "plain_fwd_bwd_ms": median_ms(forward_backward(plain, h, b, grad)),
-               "fused_fwd_bwd_ms": median_ms(forward_backward(fused, h, b, grad))}
+               "plain_fwd_bwd_ms": median_ms(forward_backward(plain, h, b, grad), ITERS),
+               "fused_fwd_bwd_ms": median_ms(forward_backward(fused, h, b, grad), ITERS)}
         with torch.no_grad():
-            row["forward_ms"] = median_ms(lambda: plain(h, b))
+            row["forward_ms"] = median_ms(lambda: plain(h, b), ITERS)
         gb = 3 * M * N * 2 / 1e9  # grad and h read, the hidden gradient written (bf16)
         for config in CONFIGS:
-            ms = median_ms(lambda: ba.launch(ba.bias_activation_backward_kernel, grad, h.detach(), b.detach(), False, *config))
+            ms = median_ms(lambda: ba.launch(ba.bias_activation_backward_kernel, grad, h.detach(), b.detach(), False, *config), ITERS)
             row[f"kernel_{'x'.join(map(str, config))}_ms"] = ms
             row[f"kernel_{'x'.join(map(str, config))}_GBps"] = gb / ms * 1e3
         rows.append(row)

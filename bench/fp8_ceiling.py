@@ -26,24 +26,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from gpu_timing import median_ms  # noqa: E402
 from clipscratch.models.fp8 import E4M3, to_fp8  # noqa: E402
 
 M, WIDTH, LAYERS = 256 * 197, 768, 12
 PROJECTIONS = {"qkv": (WIDTH, 3 * WIDTH), "out": (WIDTH, WIDTH), "fc1": (WIDTH, 4 * WIDTH), "fc2": (4 * WIDTH, WIDTH)}
-
-
-def median_ms(fn, iters=20):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def product_rows():
