@@ -13,6 +13,10 @@ columns, writes the hidden gradient and keeps the strip's column sums; a sum ove
 forward is plain torch (compiled, it is one fused kernel, as before); the backward computes in
 float32 and rounds the hidden gradient to h's dtype, as autograd's does. Without a CUDA GPU or
 Triton (or with torch < 2.6) the same formulas run in torch (``bias_activation_backward``).
+
+Off by default (``CLIP.set_fused_activation``, layers.MLP): its gain on a compiled step was small
+and a compiled GPU step with it did not match eager autograd, for a cause not yet isolated
+(docs/benchmarks.md, parts 64-71).
 """
 from __future__ import annotations
 
@@ -120,7 +124,7 @@ if TRITON:
             offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
             g = tl.load(grad_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
             z = tl.load(h_ptr + offsets, mask=ok, other=0.0).to(tl.float32) + b[None, :]
-            if QUICK:
+            if QUICK:  # 1.702: QUICK_GELU_SCALE (a jit function reads no Python globals)
                 s = tl.sigmoid(1.702 * z)
                 d = s * (1.0 + 1.702 * z * (1.0 - s))
             else:  # Phi(z) + z phi(z)
