@@ -52,6 +52,15 @@ def features_and_grads(model, images, text, bf16, tower):
     return features.detach().float(), torch.cat([p.grad.flatten() for p in params.parameters()])
 
 
+def vit_b32_and_batch(seed, n):
+    """A ViT-B/32 initialised from ``seed`` on the GPU, n random images and n short captions."""
+    torch.manual_seed(seed)
+    model = clipscratch.create_model("ViT-B-32").cuda()
+    images = torch.randn(n, 3, 224, 224, device="cuda")
+    tokens = clipscratch.tokenize([f"a photo of {i} dogs" for i in range(n)]).cuda()
+    return model, images, tokens
+
+
 def packed_vs_padded(captions_path):
     """fp32: packed (attended in the padded layout) against padded, exact to rounding. bf16: packed
     on the host, attended by flash's varlen kernel and by SDPA's memory-efficient kernel, plain and
@@ -108,10 +117,7 @@ def attention_kernels(seeds=3):
 
     results = {}
     for seed in range(seeds):
-        torch.manual_seed(seed)
-        model = clipscratch.create_model("ViT-B-32").cuda()
-        images = torch.randn(256, 3, 224, 224, device="cuda")
-        tokens = clipscratch.tokenize([f"a photo of {n} dogs" for n in range(256)]).cuda()
+        model, images, tokens = vit_b32_and_batch(seed, 256)
         (ref, ref_g), (auto, auto_g) = (run(model, images, tokens, k, False) for k in ("sdpa", "auto"))
         for kernel in ("sdpa", "auto"):
             f16, g16 = run(model, images, tokens, kernel, True)
@@ -204,10 +210,7 @@ def fused_activation(captions_path, seeds=3):
 
     results = {}
     for seed in range(seeds):
-        torch.manual_seed(seed)
-        model = clipscratch.create_model("ViT-B-32").cuda()
-        images = torch.randn(128, 3, 224, 224, device="cuda")
-        tokens = clipscratch.tokenize([f"a photo of {n} dogs" for n in range(128)]).cuda()
+        model, images, tokens = vit_b32_and_batch(seed, 128)
         ref, ref_g = both_towers(model, images, tokens, False, False)
         got, got_g = both_towers(model, images, tokens, True, False)
         results.setdefault("fp32_features_rel_err", []).append(rel(got, ref))
