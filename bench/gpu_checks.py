@@ -242,14 +242,14 @@ def fused_activation(captions_path, seeds=3):
 
     # compiled without the fused backward first (parts 67-71 found the compiled fused step off by 80%, part 64
     # with a graph break at every MLP exact): tells the compiled packed step's error from the kernel's
+    batches = [pack_tokens(clipscratch.tokenize(b, truncate=True)).to("cuda") for b in (captions[:128], captions[5000:5128])]
+    eager = [grads(packed, False, False) for packed in batches]
+    results.update({f"batch{i}_tokens": int(packed.ids.numel()) for i, packed in enumerate(batches)})
     for fused in (False, True):
         torch._dynamo.reset()
-        for i, batch in enumerate((captions[:128], captions[5000:5128])):
-            packed = pack_tokens(clipscratch.tokenize(batch, truncate=True)).to("cuda")
-            name = "fused" if fused else "plain"
-            results[f"compiled_{name}_vs_eager_plain_fp32_grads_rel_err_batch{i}"] = rel(grads(packed, fused, True),
-                                                                                        grads(packed, False, False))
-            results[f"batch{i}_tokens"] = int(packed.ids.numel())
+        name = "fused" if fused else "plain"
+        for i, packed in enumerate(batches):
+            results[f"compiled_{name}_vs_eager_plain_fp32_grads_rel_err_batch{i}"] = rel(grads(packed, fused, True), eager[i])
     results["compiled_frames"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     model.set_text_packing(False)
     return results
