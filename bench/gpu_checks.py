@@ -12,9 +12,11 @@
    each one runs;
 5. each MLP's bias gradient computed in the pass of its hidden gradient (models/bias_activation.py,
    CLIP.set_fused_activation) == autograd's two passes: fp32 features and gradients of both towers
-   to rounding, bf16 as far from fp32 under both, eager and compiled with packed captions of two
-   lengths (one graph for both), and the Triton kernel in the profile;
-6. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
+   to rounding, bf16 as far from fp32 under both, and the Triton kernel in the profile;
+6. the compiled fp32 step == the eager one with packed captions of two lengths (one graph for both),
+   with the fused MLP backward, with padded text and without dynamic shapes; the text tower, the
+   image tower and packed attention compiled alone;
+7. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
 
@@ -198,11 +200,8 @@ def nvimgcodec_check(photos_dir):
 def fused_activation(captions_path, seeds=3):
     """ViT-B/32 forward and backward with the MLPs' one-pass bias gradient (fused) against
     autograd's (plain): fp32 features and gradients of both towers equal to rounding, bf16 as far
-    from fp32 under both; compiled with packed captions of two batch lengths; the kernels run."""
+    from fp32 under both; the kernels run (compiled: compiled_step)."""
     from torch.profiler import ProfilerActivity, profile
-
-    from clipscratch.data.captions import read_table
-    from clipscratch.models.packing import pack_tokens
 
     def both_towers(model, images, text, fused, bf16):
         model.set_fused_activation(fused)
@@ -224,34 +223,75 @@ def fused_activation(captions_path, seeds=3):
         both_towers(model, images, tokens, True, True)
         torch.cuda.synchronize()
     results["fused_kernels"] = sorted({e.key[:60] for e in prof.key_averages() if "bias_activation" in e.key or "gelu" in e.key.lower()})
+    return results
 
-    # compiled, packed captions of two lengths: the operator traced with a symbolic token count
+
+def compiled_step(captions_path):
+    """The compiled fp32 ViT-B/32 step against eager, on two packed batches of real captions
+    (two token counts, one graph): loss, both towers' features and the gradients of each tower,
+    for the step as training compiles it, with the fused MLP backward, with padded text, and
+    compiled without dynamic shapes; then the text tower, the image tower and packed attention
+    compiled alone, to place an error that the whole step shows."""
+    from clipscratch.data.captions import read_table
+    from clipscratch.models.packing import pack_tokens, packed_attention
+
     captions = [c for r in read_table(captions_path) for c in r.captions]
-    model.set_text_packing(True)
+    model, images, _ = vit_b32_and_batch(0, 128)
+    texts = [clipscratch.tokenize(b, truncate=True).cuda() for b in (captions[:128], captions[5000:5128])]
+    packs = [pack_tokens(t.cpu()).to("cuda") for t in texts]
+    groups = {"visual": list(model.visual.parameters()), "text": list(model.text.parameters()), "logit_scale": [model.logit_scale]}
 
-    def loss(i, t):
-        return ClipLoss()(*model(i, t))
+    def step(i, t):
+        out = model(i, t)
+        return ClipLoss()(*out), out.image_features, out.text_features
 
-    compiled_loss = torch.compile(loss)
-
-    def grads(text, fused, compiled):  # fp32
-        model.set_fused_activation(fused)
+    def run(fn, text):  # loss, features and gradients by tower, fp32
         model.zero_grad()
-        (compiled_loss if compiled else loss)(images, text).backward()
-        return torch.cat([p.grad.flatten() for p in model.parameters()])
+        loss, img, txt = fn(images, text)
+        loss.backward()
+        grads = {g: torch.cat([p.grad.flatten() for p in ps]) for g, ps in groups.items()}
+        return {"loss": loss.detach().reshape(1), "image_features": img.detach(), "text_features": txt.detach(), **grads}
 
-    # compiled without the fused backward first (parts 67-71 found the compiled fused step off by 80%, part 64
-    # with a graph break at every MLP exact): tells the compiled packed step's error from the kernel's
-    batches = [pack_tokens(clipscratch.tokenize(b, truncate=True)).to("cuda") for b in (captions[:128], captions[5000:5128])]
-    eager = [grads(packed, False, False) for packed in batches]
-    results.update({f"batch{i}_tokens": int(packed.ids.numel()) for i, packed in enumerate(batches)})
-    for fused in (False, True):
+    def errors(got, ref):
+        return {k: round(rel(got[k], ref[k]), 9) for k in ref}
+
+    results = {"batch_tokens": [int(p.ids.numel()) for p in packs]}
+    model.set_fused_activation(False)
+    eager = {"packed": [run(step, p) for p in packs], "padded": [run(step, t) for t in texts]}
+    results["eager_packed_vs_padded"] = [errors(a, b) for a, b in zip(eager["packed"], eager["padded"])]
+    results["eager_repeat"] = errors(run(step, packs[0]), eager["packed"][0])  # the GPU's own run-to-run floor
+    for name, text, kwargs, fused in (("packed", "packed", {}, False), ("packed_fused", "packed", {}, True),
+                                      ("padded", "padded", {}, False), ("packed_static", "packed", {"dynamic": False}, False)):
         torch._dynamo.reset()
-        name = "fused" if fused else "plain"
-        for i, packed in enumerate(batches):
-            results[f"compiled_{name}_vs_eager_plain_fp32_grads_rel_err_batch{i}"] = rel(grads(packed, fused, True), eager[i])
-    results["compiled_frames"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
-    model.set_text_packing(False)
+        model.set_fused_activation(fused)
+        fn = torch.compile(step, **kwargs)
+        batches = packs if text == "packed" else texts
+        try:
+            results[f"compiled_{name}"] = [errors(run(fn, b), eager[text][i]) for i, b in enumerate(batches)]
+        except Exception as e:
+            results[f"compiled_{name}"] = f"{type(e).__name__}: {str(e)[:200]}"
+    model.set_fused_activation(False)
+
+    # the parts alone, compiled vs eager, on the first packed batch
+    def part(fn, inputs, params):
+        outs = []
+        for f in (fn, torch.compile(fn)):
+            torch._dynamo.reset()
+            for x in inputs:
+                x.grad = None
+            for p in params:
+                p.grad = None
+            y = f(*inputs)
+            y.backward(torch.ones_like(y) / y.numel() ** 0.5)
+            outs.append(torch.cat([y.detach().flatten()] + [t.grad.flatten() for t in list(inputs) + params]))
+        n = y.numel()
+        return {"output": round(rel(outs[1][:n], outs[0][:n]), 9), "grads": round(rel(outs[1][n:], outs[0][n:]), 9)}
+
+    results["text_tower_alone"] = part(lambda: model.encode_text(packs[0]), [], list(model.text.parameters()))
+    results["image_tower_alone"] = part(lambda: model.encode_image(images), [], list(model.visual.parameters()))
+    torch.manual_seed(1)
+    qkv = torch.randn(packs[0].ids.numel(), 3 * 512, device="cuda", requires_grad=True)
+    results["packed_attention_alone"] = part(lambda x: packed_attention(x, 8, packs[0]), [qkv], [])
     return results
 
 
@@ -266,7 +306,8 @@ def main():
     results = {}
     for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
                      ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels),
-                     ("fused activation", lambda: fused_activation(args.captions)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
+                     ("fused activation", lambda: fused_activation(args.captions)),
+                     ("compiled step", lambda: compiled_step(args.captions)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
         if args.only and name not in args.only:
             continue
         try:
