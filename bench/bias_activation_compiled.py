@@ -9,12 +9,15 @@ Prints, fp32, at the ViT-B/32 image MLP's [6400, 3072] and an odd [1885, 2048]:
                to order the kernel against what reads and writes the same buffers)
   op           the registered operator alone, compiled vs eager, on given tensors
   op_produced  compiled with its inputs produced in the same graph (Inductor buffers)
-  mlp          one MLP (c_fc, bias + GELU, c_proj) forward and backward, compiled vs eager
+  mlp          one MLP (c_fc, bias + GELU, c_proj) forward and backward, compiled vs eager; also
+               with the forward as it was before the fix (no-op .to(), pytorch/pytorch#180642), and
+               in bf16 with and without the fused backward
 and writes the code Inductor generated for "op_produced" and "mlp" to --code-dir.
 """
 import argparse
 import os
 import sys
+from unittest import mock
 
 import torch
 
@@ -86,6 +89,16 @@ def main():
               + " ".join(f"{rel(a, e):.2e}" for a, e in zip(eager_fused, eager_plain)))
         code = os.path.join(args.code_dir, f"mlp_{M}x{N}.py")
         print(f"[{M}, {N}] mlp compiled fused vs eager fused (y, x, W1, b1, W2, b2): {compiled_vs_eager(step, (x,), code)}")
+        with mock.patch.object(ba, "_as", lambda t, dtype: t.to(dtype)):  # the forward before the fix: no-op .to()
+            print(f"[{M}, {N}] mlp compiled fused vs eager fused, no-op .to() forward: {compiled_vs_eager(step, (x,))}")
+
+        def step_bf16(x):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return step(x)
+
+        for fused in (False, True):
+            mlp.fused_activation = fused
+            print(f"[{M}, {N}] mlp bf16 {'fused' if fused else 'plain'}, compiled vs eager: {compiled_vs_eager(step_bf16, (x,))}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,7 @@ float32 and rounds the hidden gradient to h's dtype, as autograd's does. Without
 Triton (or with torch < 2.6) the same formulas run in torch (``bias_activation_backward``).
 
 Off by default (``CLIP.set_fused_activation``, layers.MLP): its gain on a compiled step was small
-and a compiled GPU step with it did not match eager autograd, for a cause not yet isolated
-(docs/benchmarks.md, parts 64-71).
+(docs/benchmarks.md, parts 64-73).
 """
 from __future__ import annotations
 
@@ -67,13 +66,21 @@ def _at_least_float32(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype, without the no-op ``t.to(dtype)`` where it already is: torch 2.11's Dynamo, tracing
+    an autograd.Function whose forward returned such an alias of an intermediate, sent the output's
+    gradient to another slot and ran the backward on zeros (pytorch/pytorch#180642; the compiled fp32
+    step of docs/benchmarks.md, parts 67-73)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 class _BiasActivation(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, bias: torch.Tensor, name: str) -> torch.Tensor:
         ctx.save_for_backward(h, bias)
         ctx.name = name
         f = _at_least_float32(h)
-        return activate(h.to(f) + bias.to(f), name).to(h.dtype)  # [..., N]
+        return _as(activate(_as(h, f) + _as(bias, f), name), h.dtype)  # [..., N]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
