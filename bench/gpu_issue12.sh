@@ -406,6 +406,10 @@ case $PART in
 66)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed:fused clipscratch:packed 2>&1 | quiet ;;
+75)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_fused_abba.json" --variants clipscratch:packed clipscratch:packed:fused \
+      clipscratch:packed:fused clipscratch:packed 2>&1 | quiet ;;
 74)
   timeout 150 $PY bench/bias_activation_compiled.py --code-dir "$O" 2>&1 | quiet
   timeout 420 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
