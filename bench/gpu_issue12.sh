@@ -406,6 +406,13 @@ case $PART in
 66)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed:fused clipscratch:packed 2>&1 | quiet ;;
+76)
+  timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_flickr_fused_abba.json" --variants clipscratch:packed clipscratch:packed:fused \
+      clipscratch:packed:fused clipscratch:packed clipscratch:packed@eager clipscratch:packed:fused@eager 2>&1 | quiet
+  timeout 170 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_flickr_fused_eager.json" --variants clipscratch:packed@eager clipscratch:packed:fused@eager \
+      2>&1 | quiet ;;
 75)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
       --json "$O/b16_flickr_fused_abba.json" --variants clipscratch:packed clipscratch:packed:fused \
