@@ -14,7 +14,7 @@
    CLIP.set_fused_activation) == autograd's two passes: fp32 features and gradients of both towers
    to rounding, bf16 as far from fp32 under both, and the Triton kernel in the profile;
 6. the compiled fp32 step == the eager one with packed captions of two lengths (one graph for both),
-   with the fused MLP backward, with padded text and without dynamic shapes; the text tower, the
+   with the fused MLP backward (also as CUDA graphs), with padded text and without dynamic shapes; the text tower, the
    image tower and packed attention compiled alone;
 7. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
@@ -229,8 +229,8 @@ def fused_activation(captions_path, seeds=3):
 def compiled_step(captions_path):
     """The compiled fp32 ViT-B/32 step against eager, on two packed batches of real captions
     (two token counts, one graph): loss, both towers' features and the gradients of each tower,
-    for the step as training compiles it, with the fused MLP backward, with padded text, and
-    compiled without dynamic shapes; then the text tower, the image tower and packed attention
+    for the step as training compiles it, with the fused MLP backward (also replayed as CUDA
+    graphs), with padded text, and compiled without dynamic shapes; then the text tower, the image tower and packed attention
     compiled alone, to place an error that the whole step shows."""
     from clipscratch.data.captions import read_table
     from clipscratch.models.packing import pack_tokens, packed_attention
@@ -261,7 +261,8 @@ def compiled_step(captions_path):
     results["eager_packed_vs_padded"] = [errors(a, b) for a, b in zip(eager["packed"], eager["padded"])]
     results["eager_repeat"] = errors(run(step, packs[0]), eager["packed"][0])  # the GPU's own run-to-run floor
     for name, text, kwargs, fused in (("packed", "packed", {}, False), ("packed_fused", "packed", {}, True),
-                                      ("padded", "padded", {}, False), ("packed_static", "packed", {"dynamic": False}, False)):
+                                      ("padded", "padded", {}, False), ("packed_static", "packed", {"dynamic": False}, False),
+                                      ("packed_fused_cuda_graphs", "packed", {"mode": "reduce-overhead"}, True)):
         torch._dynamo.reset()
         model.set_fused_activation(fused)
         fn = torch.compile(step, **kwargs)

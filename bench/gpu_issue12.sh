@@ -406,6 +406,13 @@ case $PART in
 66)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed:fused clipscratch:packed 2>&1 | quiet ;;
+77)
+  timeout 500 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
+78)
+  timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 2 --iters 48 \
+      --json "$O/b32_flickr_fused_graphs.json" --variants clipscratch:packed@reduce-overhead \
+      clipscratch:packed:fused@reduce-overhead clipscratch:packed:fused@reduce-overhead clipscratch:packed@reduce-overhead \
+      2>&1 | quiet ;;
 76)
   timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_fused_abba.json" --variants clipscratch:packed clipscratch:packed:fused \
