@@ -123,8 +123,8 @@
 #   bash bench/gpu_issue12.sh 62 DATA_DIR OUT_DIR  # the final code: ViT-B/32 b512 Memes lengths compiled by default and
 #                                                   under CUDA graphs
 #   bash bench/gpu_issue12.sh 63 DATA_DIR OUT_DIR  # the final code: ViT-B/16 b256 Flickr8k lengths
-# Parts 64-71 ran with the MLP's one-pass backward on by default (it is off now): their clipscratch:packed is today's
-# clipscratch:packed:fused, their clipscratch:packed:unfused today's clipscratch:packed.
+# The MLP's one-pass backward is on in compiled rows (as train.py with compile=true) and off with :unfused; parts
+# 72-78 ran while it was off unless named (:fused): the variant lists below are today's names for what each ran.
 #   bash bench/gpu_issue12.sh 64 DATA_DIR OUT_DIR  # the MLP's bias gradient in the pass of its hidden gradient
 #                                                   (models/bias_activation.py): the kernel alone and its GPU check
 #   bash bench/gpu_issue12.sh 65 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths with it (:fused) and without
@@ -134,6 +134,15 @@
 # it: q/k/v as views of one product and three kernel launches, then three products). Part 68 never ran.
 #   bash bench/gpu_issue12.sh 71 DATA_DIR OUT_DIR  # the final code: part 64's GPU check; ViT-B/16 b256 Flickr8k lengths
 #                                                   with the MLP's one-pass backward and without
+#   bash bench/gpu_issue12.sh 72 DATA_DIR OUT_DIR  # the compiled fp32 ViT-B/32 step against eager: packed, padded, static,
+#                                                   with the one-pass backward; the towers and packed attention alone
+#   bash bench/gpu_issue12.sh 73 DATA_DIR OUT_DIR  # the one-pass backward under torch.compile: the operator, one MLP,
+#                                                   Inductor's code (bench/bias_activation_compiled.py)
+#   bash bench/gpu_issue12.sh 74 DATA_DIR OUT_DIR  # parts 73 and 72 after the fix (no no-op .to() in its forward)
+#   bash bench/gpu_issue12.sh 75 DATA_DIR OUT_DIR  # ViT-B/16 b256 without and with it, ABBA
+#   bash bench/gpu_issue12.sh 76 DATA_DIR OUT_DIR  # ViT-B/32 b512 compiled ABBA; eager with and without (B/32, B/16)
+#   bash bench/gpu_issue12.sh 77 DATA_DIR OUT_DIR  # part 72's check, also replayed as CUDA graphs
+#   bash bench/gpu_issue12.sh 78 DATA_DIR OUT_DIR  # ViT-B/32 b512 under CUDA graphs without and with it, ABBA
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -398,32 +407,32 @@ case $PART in
   timeout 580 $PY bench/train_step.py --captions "$MEMES" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_memes_final.json" --variants open_clip clipscratch:packed clipscratch:packed@reduce-overhead 2>&1 | quiet ;;
 64)
-  timeout 200 $PY bench/fused_backward.py --json "$O/bias_activation.json" 2>&1 | quiet
+  timeout 200 $PY bench/bias_activation.py --json "$O/bias_activation.json" 2>&1 | quiet
   timeout 300 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused activation" 2>&1 | quiet ;;
 65)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
-      --json "$O/b16_flickr_fused.json" --variants open_clip clipscratch:packed:fused clipscratch:packed 2>&1 | quiet ;;
+      --json "$O/b16_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 66)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
-      --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed:fused clipscratch:packed 2>&1 | quiet ;;
-77)
-  timeout 500 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
+      --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 78)
   timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 2 --iters 48 \
-      --json "$O/b32_flickr_fused_graphs.json" --variants clipscratch:packed@reduce-overhead \
-      clipscratch:packed:fused@reduce-overhead clipscratch:packed:fused@reduce-overhead clipscratch:packed@reduce-overhead \
+      --json "$O/b32_flickr_fused_graphs.json" --variants clipscratch:packed:unfused@reduce-overhead \
+      clipscratch:packed@reduce-overhead clipscratch:packed@reduce-overhead clipscratch:packed:unfused@reduce-overhead \
       2>&1 | quiet ;;
+77)
+  timeout 500 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
 76)
   timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
-      --json "$O/b32_flickr_fused_abba.json" --variants clipscratch:packed clipscratch:packed:fused \
-      clipscratch:packed:fused clipscratch:packed clipscratch:packed@eager clipscratch:packed:fused@eager 2>&1 | quiet
+      --json "$O/b32_flickr_fused_abba.json" --variants clipscratch:packed:unfused clipscratch:packed \
+      clipscratch:packed clipscratch:packed:unfused clipscratch:packed@eager clipscratch:packed:fused@eager 2>&1 | quiet
   timeout 170 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_fused_eager.json" --variants clipscratch:packed@eager clipscratch:packed:fused@eager \
       2>&1 | quiet ;;
 75)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
-      --json "$O/b16_flickr_fused_abba.json" --variants clipscratch:packed clipscratch:packed:fused \
-      clipscratch:packed:fused clipscratch:packed 2>&1 | quiet ;;
+      --json "$O/b16_flickr_fused_abba.json" --variants clipscratch:packed:unfused clipscratch:packed \
+      clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 74)
   timeout 150 $PY bench/bias_activation_compiled.py --code-dir "$O" 2>&1 | quiet
   timeout 420 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
@@ -434,7 +443,7 @@ case $PART in
 71)
   timeout 150 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused activation" 2>&1 | quiet
   timeout 420 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
-      --json "$O/b16_flickr_fused_final.json" --variants open_clip clipscratch:packed:fused clipscratch:packed 2>&1 | quiet ;;
+      --json "$O/b16_flickr_fused_final.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 63)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_final.json" --variants open_clip clipscratch:packed 2>&1 | quiet ;;

@@ -34,7 +34,7 @@ def kind(name: str) -> str:
 
 
 def profile_variant(variant, name, batches, steps=4, top=12):
-    step, model, optimizer, images, tokens = setup(variant, name, batches)
+    step, model, optimizer, images, tokens = setup(variant, name, batches, compiled=True)
     step = torch.compile(step)
     for t in tokens:
         step(images, t)

@@ -14,9 +14,10 @@ rotated), tokenised; the two implementations see the same tokens:
   ...:fp8              attention and MLP projections in FP8 (models/fp8.py)
   ...:recompute        each MLP's activations computed again in the backward (CLIP.set_mlp_recompute)
   ...:fused            each MLP's bias gradient in the pass of the hidden gradient, not by autograd's own
-                       (CLIP.set_fused_activation(True); models/bias_activation.py; experimental, off by
-                       default; parts 64-71 ran with it on by default, so their clipscratch:packed is
-                       today's clipscratch:packed:fused and their :unfused today's default)
+                       (CLIP.set_fused_activation(True); models/bias_activation.py); on whenever the
+                       step is compiled, as train.py does (fused_activation); :fused also turns it on
+                       eager (parts 72-78 named it explicitly: there the compiled default was off)
+  ...:unfused          without it, compiled too
   ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, efficient, sdpa)
   ...:sdpa             attention (packed captions aside) by SDPA's own pick of backend, as open_clip's
                        (CLIP.set_attention_kernel("sdpa"); the default tries SDPA's memory-efficient
@@ -90,7 +91,9 @@ def image_backend(variant: str):
     return getattr(SDPBackend, SDPA_BACKENDS[name]) if name else None
 
 
-def build(variant: str, name: str):
+def build(variant: str, name: str, compiled: bool = False):
+    """(model, its logit scale as a function, its text mode) for ``variant``; ``compiled``: as
+    train.py compiles it (the fused MLP backward on: train/config.py fused_activation)."""
     impl, *options = variant.split(":")
     if impl == "open_clip":
         import open_clip
@@ -105,7 +108,7 @@ def build(variant: str, name: str):
     model.set_text_packing(mode == "packed", kernel)
     model.set_fp8("fp8" in options)
     model.set_mlp_recompute("recompute" in options)
-    model.set_fused_activation("fused" in options)
+    model.set_fused_activation(("fused" in options or compiled) and "unfused" not in options)
     model.set_attention_kernel("sdpa" if "sdpa" in options or any(o.startswith("img=") for o in options) else "auto")
     return model, model.scale, mode
 
@@ -121,11 +124,11 @@ def prepare_tokens(tokens: torch.Tensor, mode: str, bucket: int = 0):
     return tokens  # 77 wide
 
 
-def setup(variant, name, batches, bucket=0):
+def setup(variant, name, batches, bucket=0, compiled=False):
     """(step(images, tokens), model, optimizer, images, the batches' tokens as the variant takes
     them), on the GPU: one training step, bf16 autocast, fused AdamW."""
     torch.manual_seed(0)
-    model, scale_fn, mode = build(variant, name)
+    model, scale_fn, mode = build(variant, name, compiled)
     model = model.cuda().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     images = torch.randn(batches[0].shape[0], 3, 224, 224, device="cuda")
@@ -145,7 +148,7 @@ def setup(variant, name, batches, bucket=0):
 
 def measure(variant, name, batches, compiled, warmup_rounds, iters, mode=None):
     graphs = compiled and mode == "reduce-overhead"
-    step, model, optimizer, images, tokens = setup(variant, name, batches, bucket=256 if graphs else 0)
+    step, model, optimizer, images, tokens = setup(variant, name, batches, bucket=256 if graphs else 0, compiled=compiled)
     bs = images.shape[0]
 
     with FlopCounterMode(display=False) as counter:

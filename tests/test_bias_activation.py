@@ -99,6 +99,19 @@ def test_set_fused_activation_reaches_every_mlp():
     assert not any(m.fused_activation for m in mlps)
 
 
+@pytest.mark.parametrize("overrides, fused", [([], False), (["compile=true"], True),
+                                              (["compile=true", "fused_activation=false"], False)])
+def test_training_fuses_the_mlp_backward_when_compiled_only(overrides, fused):
+    """train.py turns the fused backward on with compile=true (faster compiled, slower eager:
+    docs/benchmarks.md, parts 75-78), unless fused_activation=false; the other options stay."""
+    from clipscratch.train.config import resolve
+    from clipscratch.train.run import build_model
+
+    model = build_model(resolve(None, ["model=tiny-vit", "data.train=x.tar", "recompute_mlp=true", *overrides]))
+    assert [m.fused_activation for m in model.modules() if isinstance(m, MLP)] == [fused] * 4
+    assert model.visual.transformer.recompute_mlp and model.text.transformer.recompute_mlp
+
+
 KERNEL_CHECK = textwrap.dedent("""
     import torch
     from clipscratch.models import bias_activation as ba

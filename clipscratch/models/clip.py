@@ -96,10 +96,10 @@ class CLIP(nn.Module):
     def set_fused_activation(self, enabled: bool = True) -> None:
         """While training on a CUDA GPU with Triton, each MLP's hidden bias and activation with a
         backward that computes the bias gradient in the same pass (models/bias_activation.py);
-        off (the default): the bias in the product and autograd's activation. Experimental: it
-        matches autograd eagerly on the GPU, but a compiled ViT-B/32 step with packed captions did
-        not match eager autograd on the GPU, for a cause not yet isolated (docs/benchmarks.md,
-        parts 64-71), and its gain on a compiled step was 0.1-1.2 ms of 75."""
+        off (the default here): the bias in the product and autograd's activation. Compiled, a
+        step with it is 1-2% faster and matches autograd (docs/benchmarks.md, parts 72-78);
+        eager, its unfused forward makes the step slower, so train.py turns it on with
+        compile=true only (``fused_activation`` in train/config.py)."""
         from .layers import MLP
 
         _set_on(self, MLP, "fused_activation", enabled)

@@ -111,9 +111,9 @@ class MLP(nn.Module):
         self.activation = activation
         self.c_proj = nn.Linear(hidden, width)
         self.fp8 = False  # CLIP.set_fp8
-        # CLIP.set_fused_activation (off by default: docs/benchmarks.md, parts 64-71): while training on a CUDA GPU
-        # with Triton, the hidden bias and activation through bias_activation.py, whose backward computes the bias
-        # gradient in the same pass
+        # CLIP.set_fused_activation (off here; training turns it on with compile=true: train/config.py): while
+        # training on a CUDA GPU with Triton, the hidden bias and activation through bias_activation.py, whose
+        # backward computes the bias gradient in the same pass
         self.fused_activation = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

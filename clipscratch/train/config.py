@@ -75,6 +75,10 @@ class TrainConfig:
     pack_text: bool = True
     fp8: bool = False  # attention and MLP projections in FP8 (models/fp8.py; Hopper GPUs, with precision=bf16)
     compile: bool = False
+    # with compile, on a CUDA GPU with Triton: each MLP's bias gradient summed in the pass that computes its hidden
+    # gradient (models/bias_activation.py): 1.7% faster compiled steps on ViT-B/16, exact; without compile it is not
+    # used (eager, its unfused forward made the step 5-18% slower). docs/benchmarks.md, parts 64-78
+    fused_activation: bool = True
     # with compile: the step's forward and backward replayed as CUDA graphs (torch.compile's reduce-overhead), so the
     # host launches a step in a few ms and busy data workers cannot slow it; packed text is filled to a multiple of
     # 256 tokens (models/packing.py) so that a few recordings cover every batch

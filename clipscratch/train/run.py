@@ -70,12 +70,6 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
 
     # ---- model
     model = build_model(cfg)
-    model.set_grad_checkpointing(cfg.grad_checkpointing)
-    model.set_mlp_recompute(cfg.recompute_mlp)
-    model.set_text_packing(cfg.pack_text)
-    model.set_fp8(cfg.fp8)
-    if cfg.freeze:
-        freeze(model, cfg.freeze)
     image_size, context_length = model.image_size, model.context_length
     loss_fn = make_loss(cfg.loss)
 
@@ -219,6 +213,20 @@ def epoch_loader(cfg: TrainConfig, sources, counts, state: ckpt.TrainState, rank
 
 
 def build_model(cfg: TrainConfig):
+    """The model the run trains: created or loaded, with the config's memory and speed options
+    and its frozen parts."""
+    model = initial_model(cfg)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    model.set_mlp_recompute(cfg.recompute_mlp)
+    model.set_text_packing(cfg.pack_text)
+    model.set_fp8(cfg.fp8)
+    model.set_fused_activation(cfg.compile and cfg.fused_activation)  # faster compiled only (config.py)
+    if cfg.freeze:
+        freeze(model, cfg.freeze)
+    return model
+
+
+def initial_model(cfg: TrainConfig):
     if cfg.init_from:
         model, _ = load(cfg.init_from, model=cfg.init_model or None)
         return model.train()
