@@ -58,7 +58,7 @@ def main():
     draft, draft_px = rate(blobs, side)
     mb = sum(map(len, blobs)) / len(blobs) / 1e6
     print(f"{len(blobs)} JPEGs, {mb:.2f} MB each, crop {args.size} (draft side {side})")
-    print(f"| decode | images/s (1 core) | decoded megapixels |\n|---|---:|---:|")
+    print("| decode | images/s (1 core) | decoded megapixels |\n|---|---:|---:|")
     print(f"| full | {full:.1f} | {full_px / 1e6:.2f} |")
     print(f"| draft | {draft:.1f} | {draft_px / 1e6:.2f} |")
     print(f"draft / full: {draft / full:.2f}x")
