@@ -143,6 +143,8 @@
 #   bash bench/gpu_issue12.sh 76 DATA_DIR OUT_DIR  # ViT-B/32 b512 compiled ABBA; eager with and without (B/32, B/16)
 #   bash bench/gpu_issue12.sh 77 DATA_DIR OUT_DIR  # part 72's check, also replayed as CUDA graphs
 #   bash bench/gpu_issue12.sh 78 DATA_DIR OUT_DIR  # ViT-B/32 b512 under CUDA graphs without and with it, ABBA
+#   bash bench/gpu_issue12.sh 79 DATA_DIR OUT_DIR  # train.py on the Flickr8k train photos, compile=true, 300 steps with
+#                                                   and without it (fused_activation): loss curves
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -415,6 +417,19 @@ case $PART in
 66)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
+79)
+  for split in train test; do
+    $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --split $split --maxcount 100 \
+        --only "$D/flickr8k-captions/Flickr_8k.${split}Images.txt" --out data/flickr8k/$split 2>&1 | grep -v "img/s" | tail -1
+  done
+  for fused in true false; do
+    timeout 250 $PY train.py --config configs/flickr8k.yaml compile=true fused_activation=$fused max_steps=300 epochs=70 \
+        evals={} eval_every=0 data.batch_size=128 log_every=5 output_dir=runs/fused_$fused 2>&1 \
+        | grep -vE "it/s|s/it|Warning|warn" | tail -3
+    cp runs/fused_$fused/metrics.jsonl "$O/fused_${fused}_metrics.jsonl"
+  done
+  $PY bench/compare_curves.py runs/fused_false/metrics.jsonl runs/fused_true/metrics.jsonl \
+      --labels "compile=true, fused_activation=false" "compile=true (fused_activation=true)" --out "$O/fused_vs_unfused.png" ;;
 78)
   timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 2 --iters 48 \
       --json "$O/b32_flickr_fused_graphs.json" --variants clipscratch:packed:unfused@reduce-overhead \
