@@ -23,11 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from clipscratch.models import bias_activation as ba  # noqa: E402
+from gpu_checks import rel  # noqa: E402
 from clipscratch.models.layers import MLP  # noqa: E402
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def accesses(M, N):
