@@ -14,8 +14,8 @@
    CLIP.set_fused_activation) == autograd's two passes: fp32 features and gradients of both towers
    to rounding, bf16 as far from fp32 under both, and the Triton kernel in the profile;
 6. the compiled fp32 step == the eager one with packed captions of two lengths (one graph for both),
-   with the fused MLP backward (also as CUDA graphs), with padded text and without dynamic shapes; the text tower, the
-   image tower and packed attention compiled alone;
+   with the fused MLP backward (also as CUDA graphs), with padded text and without dynamic shapes;
+   the text tower, the image tower and packed attention compiled alone;
 7. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
@@ -197,7 +197,7 @@ def nvimgcodec_check(photos_dir):
             "mean_abs_diff_vs_pil": sum(diffs) / len(diffs), "max_diff_after_buffer_reuse": reuse_diff, "max_image_diff": max(diffs), "decodes_per_s_256px": rate}
 
 
-def fused_activation(captions_path, seeds=3):
+def fused_activation(seeds=3):
     """ViT-B/32 forward and backward with the MLPs' one-pass bias gradient (fused) against
     autograd's (plain): fp32 features and gradients of both towers equal to rounding, bf16 as far
     from fp32 under both; the kernels run (compiled: compiled_step)."""
@@ -230,8 +230,8 @@ def compiled_step(captions_path):
     """The compiled fp32 ViT-B/32 step against eager, on two packed batches of real captions
     (two token counts, one graph): loss, both towers' features and the gradients of each tower,
     for the step as training compiles it, with the fused MLP backward (also replayed as CUDA
-    graphs), with padded text, and compiled without dynamic shapes; then the text tower, the image tower and packed attention
-    compiled alone, to place an error that the whole step shows."""
+    graphs), with padded text, and compiled without dynamic shapes; then the text tower, the
+    image tower and packed attention compiled alone, to place an error that the whole step shows."""
     from clipscratch.data.captions import read_table
     from clipscratch.models.packing import pack_tokens, packed_attention
 
@@ -307,7 +307,7 @@ def main():
     results = {}
     for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
                      ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels),
-                     ("fused activation", lambda: fused_activation(args.captions)),
+                     ("fused activation", fused_activation),
                      ("compiled step", lambda: compiled_step(args.captions)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
         if args.only and name not in args.only:
             continue
