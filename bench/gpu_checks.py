@@ -15,7 +15,8 @@
    to rounding, bf16 as far from fp32 under both, and the Triton kernel in the profile;
 6. the compiled fp32 step == the eager one with packed captions of two lengths (one graph for both),
    with the fused MLP backward (also as CUDA graphs), with padded text and without dynamic shapes;
-   the text tower, the image tower and packed attention compiled alone;
+   the text tower, the image tower and packed attention compiled alone; and with FP8 linears
+   ("compiled step fp8"), compiled with and without the fused MLP backward against eager FP8;
 7. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
@@ -226,12 +227,14 @@ def fused_activation(seeds=3):
     return results
 
 
-def compiled_step(captions_path):
+def compiled_step(captions_path, fp8=False):
     """The compiled fp32 ViT-B/32 step against eager, on two packed batches of real captions
     (two token counts, one graph): loss, both towers' features and the gradients of each tower,
     for the step as training compiles it, with the fused MLP backward (also replayed as CUDA
     graphs), with padded text, and compiled without dynamic shapes; then the text tower, the
-    image tower and packed attention compiled alone, to place an error that the whole step shows."""
+    image tower and packed attention compiled alone, to place an error that the whole step shows.
+    ``fp8``: the linears in FP8 (models/fp8.py) on both sides, compiled with and without the fused
+    MLP backward (what fp8=true trains with compile=true)."""
     from clipscratch.data.captions import read_table
     from clipscratch.models.packing import pack_tokens, packed_attention
 
@@ -257,12 +260,27 @@ def compiled_step(captions_path):
 
     results = {"batch_tokens": [int(p.ids.numel()) for p in packs]}
     model.set_fused_activation(False)
+    if fp8:  # FP8's own error, the scale for a compiled-vs-eager difference: quantisation flips a value near
+        # a rounding boundary by a whole FP8 step wherever a product's order moves its input by one fp32 ulp
+        fp32 = [run(step, p) for p in packs]
+    model.set_fp8(fp8)
     eager = {"packed": [run(step, p) for p in packs], "padded": [run(step, t) for t in texts]}
+    if fp8:
+        results["eager_fp8_vs_fp32"] = [errors(a, b) for a, b in zip(eager["packed"], fp32)]
+        # the scale for compiled vs eager: eager again with the images moved by about one fp32 ulp, as a
+        # different order of the same sums moves values; the few values it flips to the next FP8 step
+        # change what follows by far more than an ulp, which flips more
+        exact = images.clone()
+        images.mul_(1 + 2 ** -23)
+        results["eager_fp8_images_moved_one_ulp"] = [errors(run(step, p), e) for p, e in zip(packs, eager["packed"])]
+        images.copy_(exact)
     results["eager_packed_vs_padded"] = [errors(a, b) for a, b in zip(eager["packed"], eager["padded"])]
     results["eager_repeat"] = errors(run(step, packs[0]), eager["packed"][0])  # the GPU's own run-to-run floor
-    for name, text, kwargs, fused in (("packed", "packed", {}, False), ("packed_fused", "packed", {}, True),
-                                      ("padded", "padded", {}, False), ("packed_static", "packed", {"dynamic": False}, False),
-                                      ("packed_fused_cuda_graphs", "packed", {"mode": "reduce-overhead"}, True)):
+    variants = (("packed", "packed", {}, False), ("packed_fused", "packed", {}, True))
+    if not fp8:
+        variants += (("padded", "padded", {}, False), ("packed_static", "packed", {"dynamic": False}, False),
+                     ("packed_fused_cuda_graphs", "packed", {"mode": "reduce-overhead"}, True))
+    for name, text, kwargs, fused in variants:
         torch._dynamo.reset()
         model.set_fused_activation(fused)
         fn = torch.compile(step, **kwargs)
@@ -272,6 +290,9 @@ def compiled_step(captions_path):
         except Exception as e:
             results[f"compiled_{name}"] = f"{type(e).__name__}: {str(e)[:200]}"
     model.set_fused_activation(False)
+    model.set_fp8(False)
+    if fp8:
+        return results
 
     # the parts alone, compiled vs eager, on the first packed batch
     def part(fn, inputs, params):
@@ -308,7 +329,8 @@ def main():
     for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
                      ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels),
                      ("fused activation", fused_activation),
-                     ("compiled step", lambda: compiled_step(args.captions)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
+                     ("compiled step", lambda: compiled_step(args.captions)),
+                     ("compiled step fp8", lambda: compiled_step(args.captions, fp8=True)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
         if args.only and name not in args.only:
             continue
         try:

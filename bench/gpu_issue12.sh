@@ -145,6 +145,8 @@
 #   bash bench/gpu_issue12.sh 78 DATA_DIR OUT_DIR  # ViT-B/32 b512 under CUDA graphs without and with it, ABBA
 #   bash bench/gpu_issue12.sh 79 DATA_DIR OUT_DIR  # train.py on the Flickr8k train photos, compile=true, 300 steps with
 #                                                   and without it (fused_activation): loss curves
+#   bash bench/gpu_issue12.sh 80 DATA_DIR OUT_DIR  # the compiled fp32 step with FP8 linears against eager FP8, with and
+#                                                   without the one-pass MLP backward
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -417,6 +419,8 @@ case $PART in
 66)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
+80)
+  timeout 400 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step fp8" 2>&1 | quiet ;;
 79)
   for split in train test; do
     $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --split $split --maxcount 100 \
