@@ -86,7 +86,7 @@ def main():
               + " ".join(f"{rel(a, e):.2e}" for a, e in zip(eager_fused, eager_plain)))
         code = os.path.join(args.code_dir, f"mlp_{M}x{N}.py")
         print(f"[{M}, {N}] mlp compiled fused vs eager fused (y, x, W1, b1, W2, b2): {compiled_vs_eager(step, (x,), code)}")
-        with mock.patch.object(ba, "_as", lambda t, dtype: t.to(dtype)):  # the forward before the fix: no-op .to()
+        with mock.patch.object(ba, "as_dtype", lambda t, dtype: t.to(dtype)):  # the forward before the fix: no-op .to()
             print(f"[{M}, {N}] mlp compiled fused vs eager fused, no-op .to() forward: {compiled_vs_eager(step, (x,))}")
 
         def step_bf16(x):

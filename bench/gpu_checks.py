@@ -10,13 +10,17 @@
 4. attention by SDPA's memory-efficient kernel first for short sequences (CLIP.set_attention_kernel's
    default) == SDPA's own pick, in fp32 to rounding and in bf16 as close to fp32, and the kernels
    each one runs;
-5. each MLP's bias gradient computed in the pass of its hidden gradient (models/bias_activation.py,
-   CLIP.set_fused_activation) == autograd's two passes: fp32 features and gradients of both towers
-   to rounding, bf16 as far from fp32 under both, and the Triton kernel in the profile;
+5. the one-pass backward kernels ("fused backward", as train.py runs them with compile=true): each
+   MLP's bias gradient computed in the pass of its hidden gradient (models/bias_activation.py,
+   CLIP.set_fused_activation) and each attention's q/k/v bias gradient in the pass that gathers the
+   heads' gradients (models/qkv_projection.py, CLIP.set_fused_qkv) == autograd's two passes: fp32
+   features and gradients of both towers to rounding, bf16 as far from fp32 under both, eager and
+   compiled, and the Triton kernels in the profile;
 6. the compiled fp32 step == the eager one with packed captions of two lengths (one graph for both),
-   with the fused MLP backward (also as CUDA graphs), with padded text and without dynamic shapes;
+   with the fused backward (also as CUDA graphs), with padded text (with and without it) and without
+   dynamic shapes;
    the text tower, the image tower and packed attention compiled alone; and with FP8 linears
-   ("compiled step fp8"), compiled with and without the fused MLP backward against eager FP8;
+   ("compiled step fp8"), compiled with and without the fused backward against eager FP8;
 7. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
@@ -198,15 +202,25 @@ def nvimgcodec_check(photos_dir):
             "mean_abs_diff_vs_pil": sum(diffs) / len(diffs), "max_diff_after_buffer_reuse": reuse_diff, "max_image_diff": max(diffs), "decodes_per_s_256px": rate}
 
 
-def fused_activation(seeds=3):
-    """ViT-B/32 forward and backward with the MLPs' one-pass bias gradient (fused) against
-    autograd's (plain): fp32 features and gradients of both towers equal to rounding, bf16 as far
-    from fp32 under both; the kernels run (compiled: compiled_step)."""
+def set_fused_backward(model, enabled):
+    """Both one-pass backward kernels on or off, as train.py's fused_activation and fused_qkv."""
+    model.set_fused_activation(enabled)
+    model.set_fused_qkv(enabled)
+
+
+def fused_backward(seeds=3):
+    """ViT-B/32 forward and backward (padded text, so that both towers' attention takes the q/k/v
+    kernel) with the one-pass bias gradients (fused) against autograd's (plain): fp32 features and
+    gradients of both towers equal to rounding, bf16 as far from fp32 under both, eager and
+    compiled (the first seed); the kernels run (the compiled fp32 step: compiled_step)."""
     from torch.profiler import ProfilerActivity, profile
 
-    def both_towers(model, images, text, fused, bf16):
-        model.set_fused_activation(fused)
-        return features_and_grads(model, images, text, bf16, "both")
+    def both_towers(model, images, text, fused, bf16, compiled=False):
+        set_fused_backward(model, fused)
+        if not compiled:
+            return features_and_grads(model, images, text, bf16, "both")
+        torch._dynamo.reset()
+        return torch.compile(features_and_grads)(model, images, text, bf16, "both")
 
     results = {}
     for seed in range(seeds):
@@ -215,26 +229,30 @@ def fused_activation(seeds=3):
         got, got_g = both_towers(model, images, tokens, True, False)
         results.setdefault("fp32_features_rel_err", []).append(rel(got, ref))
         results.setdefault("fp32_grads_rel_err", []).append(rel(got_g, ref_g))
-        for fused in (False, True):
-            f16, g16 = both_towers(model, images, tokens, fused, True)
-            name = "fused" if fused else "plain"
-            results.setdefault(f"{name}_bf16_features_rel_err_vs_fp32", []).append(rel(f16, ref))
-            results.setdefault(f"{name}_bf16_grads_rel_err_vs_fp32", []).append(rel(g16, ref_g))
+        for compiled in (False, True) if seed == 0 else (False,):
+            for fused in (False, True):
+                f16, g16 = both_towers(model, images, tokens, fused, True, compiled)
+                name = ("compiled_" if compiled else "") + ("fused" if fused else "plain")
+                results.setdefault(f"{name}_bf16_features_rel_err_vs_fp32", []).append(rel(f16, ref))
+                results.setdefault(f"{name}_bf16_grads_rel_err_vs_fp32", []).append(rel(g16, ref_g))
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         both_towers(model, images, tokens, True, True)
         torch.cuda.synchronize()
-    results["fused_kernels"] = sorted({e.key[:60] for e in prof.key_averages() if "bias_activation" in e.key or "gelu" in e.key.lower()})
+    results["fused_kernels"] = sorted({e.key[:60] for e in prof.key_averages()
+                                       if any(k in e.key for k in ("bias_activation", "gather_heads", "gelu"))})
+    set_fused_backward(model, False)
     return results
 
 
 def compiled_step(captions_path, fp8=False):
     """The compiled fp32 ViT-B/32 step against eager, on two packed batches of real captions
     (two token counts, one graph): loss, both towers' features and the gradients of each tower,
-    for the step as training compiles it, with the fused MLP backward (also replayed as CUDA
-    graphs), with padded text, and compiled without dynamic shapes; then the text tower, the
-    image tower and packed attention compiled alone, to place an error that the whole step shows.
-    ``fp8``: the linears in FP8 (models/fp8.py) on both sides, compiled with and without the fused
-    MLP backward (what fp8=true trains with compile=true)."""
+    for the step as training compiles it, with the fused backward (set_fused_backward; also replayed
+    as CUDA graphs), with padded text (with and without it), and compiled without dynamic shapes;
+    then the text tower, the image tower and packed attention compiled alone, to place an error
+    that the whole step shows. ``fp8``: the linears in FP8 (models/fp8.py) on both sides, compiled
+    with and without the fused MLP backward (what fp8=true trains with compile=true; the q/k/v
+    kernel is not used with FP8)."""
     from clipscratch.data.captions import read_table
     from clipscratch.models.packing import pack_tokens, packed_attention
 
@@ -259,7 +277,7 @@ def compiled_step(captions_path, fp8=False):
         return {k: round(rel(got[k], ref[k]), 9) for k in ref}
 
     results = {"batch_tokens": [int(p.ids.numel()) for p in packs]}
-    model.set_fused_activation(False)
+    set_fused_backward(model, False)
     if fp8:  # FP8's own error, the scale for a compiled-vs-eager difference: quantisation flips a value near
         # a rounding boundary by a whole FP8 step wherever a product's order moves its input by one fp32 ulp
         fp32 = [run(step, p) for p in packs]
@@ -278,18 +296,19 @@ def compiled_step(captions_path, fp8=False):
     results["eager_repeat"] = errors(run(step, packs[0]), eager["packed"][0])  # the GPU's own run-to-run floor
     variants = (("packed", "packed", {}, False), ("packed_fused", "packed", {}, True))
     if not fp8:
-        variants += (("padded", "padded", {}, False), ("packed_static", "packed", {"dynamic": False}, False),
+        variants += (("padded", "padded", {}, False), ("padded_fused", "padded", {}, True),
+                     ("packed_static", "packed", {"dynamic": False}, False),
                      ("packed_fused_cuda_graphs", "packed", {"mode": "reduce-overhead"}, True))
     for name, text, kwargs, fused in variants:
         torch._dynamo.reset()
-        model.set_fused_activation(fused)
+        set_fused_backward(model, fused)
         fn = torch.compile(step, **kwargs)
         batches = packs if text == "packed" else texts
         try:
             results[f"compiled_{name}"] = [errors(run(fn, b), eager[text][i]) for i, b in enumerate(batches)]
         except Exception as e:
             results[f"compiled_{name}"] = f"{type(e).__name__}: {str(e)[:200]}"
-    model.set_fused_activation(False)
+    set_fused_backward(model, False)
     model.set_fp8(False)
     if fp8:
         return results
@@ -328,7 +347,7 @@ def main():
     results = {}
     for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
                      ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels),
-                     ("fused activation", fused_activation),
+                     ("fused backward", fused_backward),
                      ("compiled step", lambda: compiled_step(args.captions)),
                      ("compiled step fp8", lambda: compiled_step(args.captions, fp8=True)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
         if args.only and name not in args.only:

@@ -130,8 +130,9 @@
 #   bash bench/gpu_issue12.sh 65 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths with it (:fused) and without
 #   bash bench/gpu_issue12.sh 66 DATA_DIR OUT_DIR  # ViT-B/32 b512 Flickr8k lengths with it and without
 # Parts 67, 69 and 70 measured attention's q/k/v projection with a one-pass backward (models/qkv_projection.py, removed
-# after them; its last form is commit 9959093, where part 70 ran; parts 67 and 69 ran on uncommitted earlier forms of
-# it: q/k/v as views of one product and three kernel launches, then three products). Part 68 never ran.
+# after them, back in another form since part 81; part 70 ran its form of commit 9959093, parts 67 and 69 uncommitted
+# earlier forms of it: q/k/v as views of one product and three kernel launches, then three products). Part 68 never
+# ran.
 #   bash bench/gpu_issue12.sh 71 DATA_DIR OUT_DIR  # the final code: part 64's GPU check; ViT-B/16 b256 Flickr8k lengths
 #                                                   with the MLP's one-pass backward and without
 #   bash bench/gpu_issue12.sh 72 DATA_DIR OUT_DIR  # the compiled fp32 ViT-B/32 step against eager: packed, padded, static,
@@ -147,6 +148,15 @@
 #                                                   and without it (fused_activation): loss curves
 #   bash bench/gpu_issue12.sh 80 DATA_DIR OUT_DIR  # the compiled fp32 step with FP8 linears against eager FP8, with and
 #                                                   without the one-pass MLP backward
+# Parts 81-84: the q/k/v projection's one-pass backward again (models/qkv_projection.py: q/k/v as views of one
+# product, one launch), on in every clipscratch row since (:noqkv turns it off); the runs named their eager rows
+# without it `packed@eager` and with it `packed:qkv@eager`
+#   bash bench/gpu_issue12.sh 81 DATA_DIR OUT_DIR  # GPU checks: both one-pass kernels eager and compiled against
+#                                                   autograd; the compiled fp32 step against eager
+#   bash bench/gpu_issue12.sh 82 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths: open_clip, with it and without
+#   bash bench/gpu_issue12.sh 83 DATA_DIR OUT_DIR  # ViT-B/16 b256 without and with it, ABBA; eager without and with it
+#   bash bench/gpu_issue12.sh 84 DATA_DIR OUT_DIR  # ViT-B/32 b512: open_clip, compiled without and with it, eager
+#                                                   without and with it
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -191,6 +201,21 @@ decoders() {
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
+81)
+  timeout 200 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused backward" 2>&1 | quiet
+  cp "$O/gpu_checks.json" "$O/gpu_checks_fused_backward.json"
+  timeout 380 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
+82)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_flickr_qkv.json" --variants open_clip clipscratch:packed clipscratch:packed:noqkv 2>&1 | quiet ;;
+83)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_qkv_abba.json" --variants clipscratch:packed:noqkv clipscratch:packed \
+      clipscratch:packed clipscratch:packed:noqkv clipscratch:packed:noqkv@eager clipscratch:packed@eager 2>&1 | quiet ;;
+84)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_flickr_qkv.json" --variants open_clip clipscratch:packed:noqkv clipscratch:packed \
+      clipscratch:packed:noqkv@eager clipscratch:packed@eager 2>&1 | quiet ;;
 1)
   $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_flickr_eager.json" \
       --variants open_clip@eager clipscratch:packed@eager clipscratch:trimmed@eager 2>&1 | quiet
@@ -412,7 +437,7 @@ case $PART in
       --json "$O/b32_memes_final.json" --variants open_clip clipscratch:packed clipscratch:packed@reduce-overhead 2>&1 | quiet ;;
 64)
   timeout 200 $PY bench/bias_activation.py --json "$O/bias_activation.json" 2>&1 | quiet
-  timeout 300 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused activation" 2>&1 | quiet ;;
+  timeout 300 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused backward" 2>&1 | quiet ;;
 65)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
@@ -460,7 +485,7 @@ case $PART in
 72)
   timeout 500 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
 71)
-  timeout 150 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused activation" 2>&1 | quiet
+  timeout 150 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused backward" 2>&1 | quiet
   timeout 420 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_fused_final.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 63)

@@ -18,6 +18,10 @@ rotated), tokenised; the two implementations see the same tokens:
                        step is compiled, as train.py does (fused_activation); :fused also turns it on
                        eager (parts 72-78 named it explicitly: there the compiled default was off)
   ...:unfused          without it, compiled too
+  ...:noqkv            without the q/k/v projection's one-pass backward (each attention's heads' gradients
+                       gathered and its bias gradient summed in one pass: CLIP.set_fused_qkv;
+                       models/qkv_projection.py), which every clipscratch row uses otherwise, eager
+                       and compiled, as train.py does (fused_qkv)
   ...:attn=KERNEL      packed captions attended by KERNEL (models/packing.py: varlen, efficient, sdpa)
   ...:sdpa             attention (packed captions aside) by SDPA's own pick of backend, as open_clip's
                        (CLIP.set_attention_kernel("sdpa"); the default tries SDPA's memory-efficient
@@ -93,7 +97,8 @@ def image_backend(variant: str):
 
 def build(variant: str, name: str, compiled: bool = False):
     """(model, its logit scale as a function, its text mode) for ``variant``; ``compiled``: as
-    train.py compiles it (the fused MLP backward on: train/config.py fused_activation)."""
+    train.py compiles it (the fused MLP backward on: train/config.py fused_activation); the q/k/v
+    projection's one-pass backward is on eager and compiled, as in train.py (fused_qkv)."""
     impl, *options = variant.split(":")
     if impl == "open_clip":
         import open_clip
@@ -109,6 +114,7 @@ def build(variant: str, name: str, compiled: bool = False):
     model.set_fp8("fp8" in options)
     model.set_mlp_recompute("recompute" in options)
     model.set_fused_activation(("fused" in options or compiled) and "unfused" not in options)
+    model.set_fused_qkv("noqkv" not in options)
     model.set_attention_kernel("sdpa" if "sdpa" in options or any(o.startswith("img=") for o in options) else "auto")
     return model, model.scale, mode
 

@@ -44,3 +44,24 @@ def open_clip_twin(model, tmp_path):
     )
     ref.load_state_dict(torch.load(tmp_path / "oc.pt", weights_only=True)["state_dict"])
     return ref.eval()
+
+
+def run_in_triton_interpreter(script: str) -> None:
+    """Run ``script`` (Python that prints "kernel ok" when its checks pass) in a fresh interpreter
+    with TRITON_INTERPRET=1, where Triton kernels run on the CPU; skips where the package's Triton
+    kernels cannot run (no Triton, or torch without torch.library.triton_op)."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from clipscratch.models.triton_support import TRITON
+
+    pytest.importorskip("triton")
+    if not TRITON:
+        pytest.skip("torch.library.triton_op needs torch >= 2.6")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "kernel ok" in result.stdout

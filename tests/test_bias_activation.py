@@ -1,9 +1,6 @@
 """The MLP's bias + activation with its one-pass backward (models/bias_activation.py): the
 formulas against autograd, the MLP's fused path against its plain one, and the Triton kernel
 itself, run by Triton's interpreter on the CPU."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -12,7 +9,8 @@ import torch
 from clipscratch.models import bias_activation as ba
 from clipscratch.models import layers
 from clipscratch.models.layers import MLP, make_activation
-from clipscratch.models.triton_support import TRITON, fused_here
+from clipscratch.models.triton_support import fused_here
+from helpers import run_in_triton_interpreter
 
 
 @pytest.mark.parametrize("name", ba.ACTIVATIONS)
@@ -144,10 +142,4 @@ KERNEL_CHECK = textwrap.dedent("""
 
 
 def test_triton_kernel_matches_the_formulas_in_the_interpreter():
-    pytest.importorskip("triton")
-    if not TRITON:
-        pytest.skip("torch.library.triton_op needs torch >= 2.6")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "kernel ok" in result.stdout
+    run_in_triton_interpreter(KERNEL_CHECK)

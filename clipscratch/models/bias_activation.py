@@ -68,7 +68,7 @@ def _at_least_float32(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """t in dtype, without the no-op ``t.to(dtype)`` where it already is: torch 2.11's Dynamo, tracing
     an autograd.Function whose forward returned such an alias of an intermediate, sent the output's
     gradient to another slot and ran the backward on zeros (pytorch/pytorch#180642; the compiled fp32
@@ -82,7 +82,7 @@ class _BiasActivation(torch.autograd.Function):
         ctx.save_for_backward(h, bias)
         ctx.name = name
         f = _at_least_float32(h)
-        return _as(activate(_as(h, f) + _as(bias, f), name), h.dtype)  # [..., N]
+        return as_dtype(activate(as_dtype(h, f) + as_dtype(bias, f), name), h.dtype)  # [..., N]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

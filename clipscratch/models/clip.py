@@ -104,6 +104,16 @@ class CLIP(nn.Module):
 
         _set_on(self, MLP, "fused_activation", enabled)
 
+    def set_fused_qkv(self, enabled: bool = True) -> None:
+        """While training on a CUDA GPU with Triton, each attention's q/k/v projection with a backward
+        that gathers the heads' gradients and sums the bias gradient in one pass
+        (models/qkv_projection.py; not for packed captions, whose projection has no heads, nor with
+        FP8); off (the default here): autograd's two passes. Exact, and faster eager and compiled, so
+        train.py turns it on (``fused_qkv`` in train/config.py; docs/benchmarks.md, parts 81-84)."""
+        from .layers import Attention
+
+        _set_on(self, Attention, "fused_qkv", enabled)
+
     def _transformers(self):
         return [self.text.transformer] + ([self.visual.transformer] if hasattr(self.visual, "transformer") else [])
 

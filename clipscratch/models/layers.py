@@ -20,6 +20,7 @@ from .bias_activation import activate, bias_activation
 from .triton_support import fused_here
 from .fp8 import linear
 from .packing import PackedTokens, packed_attention
+from .qkv_projection import qkv_heads, split_heads
 
 
 class LayerNorm(nn.LayerNorm):
@@ -86,21 +87,29 @@ class Attention(nn.Module):
         self.fp8 = False  # CLIP.set_fp8: the two projections in FP8 (fp8.py)
         self.packed_kernel = "auto"  # CLIP.set_text_packing: attention within packed captions (packing.KERNELS)
         self.kernel = "auto"  # CLIP.set_attention_kernel: SDPA's backends otherwise (ATTENTION_KERNELS, sdpa_backends)
+        # CLIP.set_fused_qkv (off here; train.py turns it on: train/config.py): while training on a CUDA GPU with
+        # Triton, the heads' gradients gathered and the bias gradient summed in one pass (qkv_projection.py)
+        self.fused_qkv = False
 
     def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
         """x [B, T, C]; or packed tokens [N, C] with ``packing``: the projections run on the N
         real tokens, attention on each caption's own tokens (packing.packed_attention, causal)."""
-        C = x.shape[-1]
-        qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8)  # [B, T, 3C] or [N, 3C]
         if packing is not None:
+            qkv = linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8)  # [N, 3C]
             y = packed_attention(qkv, self.heads, packing, self.packed_kernel)  # [N, C]
         else:
-            B, T = qkv.shape[:2]
-            q, k, v = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, T, D]
+            B, T, C = x.shape
+            q, k, v = self.project_heads(x)  # 3 x [B, H, T, D]
             with sdpa_backends(q, self.kernel):
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # [B, H, T, D]
             y = y.transpose(1, 2).reshape(B, T, C)  # [B, T, C]
         return linear(y, self.out_proj.weight, self.out_proj.bias, self.fp8)
+
+    def project_heads(self, x: torch.Tensor):
+        """x [B, T, C] -> q, k, v [B, H, T, D]."""
+        if self.fused_qkv and not self.fp8 and fused_here(x):
+            return qkv_heads(x, self.in_proj_weight, self.in_proj_bias, self.heads)
+        return split_heads(linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8), self.heads)
 
 
 class MLP(nn.Module):

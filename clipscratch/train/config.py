@@ -79,6 +79,10 @@ class TrainConfig:
     # gradient (models/bias_activation.py): 1.7% faster compiled steps on ViT-B/16, exact; without compile it is not
     # used (eager, its unfused forward made the step 5-18% slower). docs/benchmarks.md, parts 64-78
     fused_activation: bool = True
+    # on a CUDA GPU with Triton, compiled or not: each attention's q/k/v bias gradient summed in the pass that gathers
+    # the heads' gradients (models/qkv_projection.py), exact; not for packed captions or with fp8. ViT-B/16 steps 1.5%
+    # faster compiled, 8% eager (docs/benchmarks.md, parts 81-84)
+    fused_qkv: bool = True
     # with compile: the step's forward and backward replayed as CUDA graphs (torch.compile's reduce-overhead), so the
     # host launches a step in a few ms and busy data workers cannot slow it; packed text is filled to a multiple of
     # 256 tokens (models/packing.py) so that a few recordings cover every batch

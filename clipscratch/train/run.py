@@ -221,6 +221,7 @@ def build_model(cfg: TrainConfig):
     model.set_text_packing(cfg.pack_text)
     model.set_fp8(cfg.fp8)
     model.set_fused_activation(cfg.compile and cfg.fused_activation)  # faster compiled only (config.py)
+    model.set_fused_qkv(cfg.fused_qkv)  # faster eager and compiled
     if cfg.freeze:
         freeze(model, cfg.freeze)
     return model
