@@ -115,6 +115,28 @@ def test_under_autocast_the_gradients_are_autograds_and_the_bias_sum_skips_its_r
     assert torch.equal(bias_fused.bfloat16().float(), bias_plain)
 
 
+def test_frozen_weight_costs_no_product_and_gets_no_gradient(fused_anywhere):
+    """A frozen projection (training chosen parts) skips the weight's product, as autograd does:
+    the backward counts the plain path's FLOPs, and the input's gradient is the plain one."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    att = random_attention()
+    att.in_proj_weight.requires_grad_(False)
+    att.in_proj_bias.requires_grad_(False)
+    x = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    results = {}
+    for fused in (True, False):
+        att.fused_qkv = fused
+        y = att(x, causal=True)
+        with FlopCounterMode(display=False) as counter:
+            (grad_x,) = torch.autograd.grad(y.square().sum(), [x])
+        results[fused] = grad_x, counter.get_total_flops()
+    assert fused_anywhere == [4]
+    assert att.in_proj_weight.grad is None and att.in_proj_bias.grad is None
+    assert results[True][1] == results[False][1] > 0
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_fused_path_is_one_graph_with_the_plain_gradients(fused_anywhere):
     torch._dynamo.reset()
     att = random_attention()
@@ -174,7 +196,7 @@ KERNEL_CHECK = textwrap.dedent("""
     from clipscratch.models import qkv_projection as qp
 
     torch.manual_seed(0)
-    B, H, T, D = 3, 3, 101, 40  # M = 303 rows: not a multiple of the kernel's strip (256); C = 120: not of its block (128)
+    B, H, T, D = 3, 3, 101, 40  # M = 303: not a multiple of the strip (256 rows); C = 120: not of the block (128)
     base = torch.randn(B, T, 3, H, D)
     own = [torch.randn(B, H, T, D) for _ in range(3)]
     layouts = {"views": base.permute(2, 0, 3, 1, 4).unbind(0), "contiguous": own,

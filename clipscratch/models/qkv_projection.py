@@ -61,12 +61,15 @@ class _QKVHeads(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor):
         x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias, _ = ctx.needs_input_grad  # frozen: no product, as autograd
         grad, grad_bias = gather_heads(dq, dk, dv)  # [M, 3C], [3C]
-        rows = x.reshape(-1, x.shape[-1])  # [M, C]
-        grad_x = grad @ as_dtype(weight, grad.dtype)  # [M, C]
-        grad_weight = grad.t() @ as_dtype(rows, grad.dtype)  # [3C, C]
-        return (as_dtype(grad_x, x.dtype).view(x.shape), as_dtype(grad_weight, weight.dtype),
-                as_dtype(grad_bias, ctx.bias_dtype), None)
+        grad_x = grad_weight = None
+        if needs_x:
+            grad_x = as_dtype(grad @ as_dtype(weight, grad.dtype), x.dtype).view(x.shape)  # [B, T, C]
+        if needs_weight:
+            rows = x.reshape(-1, x.shape[-1])  # [M, C]
+            grad_weight = as_dtype(grad.t() @ as_dtype(rows, grad.dtype), weight.dtype)  # [3C, C]
+        return grad_x, grad_weight, as_dtype(grad_bias, ctx.bias_dtype) if needs_bias else None, None
 
 
 def qkv_heads(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
