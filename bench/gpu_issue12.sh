@@ -157,6 +157,7 @@
 #   bash bench/gpu_issue12.sh 83 DATA_DIR OUT_DIR  # ViT-B/16 b256 without and with it, ABBA; eager without and with it
 #   bash bench/gpu_issue12.sh 84 DATA_DIR OUT_DIR  # ViT-B/32 b512: open_clip, compiled without and with it, eager
 #                                                   without and with it
+# Part 85 is part 81's command again, after the backward stopped computing a frozen weight's product (commit e9ce1a6).
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
