@@ -158,6 +158,8 @@
 #   bash bench/gpu_issue12.sh 84 DATA_DIR OUT_DIR  # ViT-B/32 b512: open_clip, compiled without and with it, eager
 #                                                   without and with it
 # Part 85 is part 81's command again, after the backward stopped computing a frozen weight's product (commit e9ce1a6).
+#   bash bench/gpu_issue12.sh 86 DATA_DIR OUT_DIR  # train.py on the Flickr8k train photos, eager, 300 steps with it
+#                                                   (fused_qkv) and twice without: loss curves, and the repeat's drift
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -168,6 +170,13 @@ quiet() { grep --line-buffered -vE "^W[0-9]{4}|Online softmax|split the reductio
 flickr_shards() {
   $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --out /tmp/flickr_shards \
       --maxcount 125 2>&1 | tail -1
+}
+# the Flickr8k train and test photos as they are, in configs/flickr8k.yaml's shards under data/flickr8k
+flickr_train_shards() {
+  for split in train test; do
+    $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --split $split --maxcount 100 \
+        --only "$D/flickr8k-captions/Flickr_8k.${split}Images.txt" --out data/flickr8k/$split 2>&1 | grep -v "img/s" | tail -1
+  done
 }
 # data-fed from the 256-px shapes shards, then from the Flickr8k photos as they are: $1 and $2 are the variants
 data_fed() {
@@ -447,11 +456,20 @@ case $PART in
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 80)
   timeout 400 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step fp8" 2>&1 | quiet ;;
-79)
-  for split in train test; do
-    $PY -m clipscratch.data.make_shards --captions "$D/flickr8k-1000/captions.txt" --split $split --maxcount 100 \
-        --only "$D/flickr8k-captions/Flickr_8k.${split}Images.txt" --out data/flickr8k/$split 2>&1 | grep -v "img/s" | tail -1
+86)
+  flickr_train_shards
+  for run in qkv_true qkv_false qkv_false_again; do
+    fused=${run#qkv_}; fused=${fused%_again}
+    timeout 170 $PY train.py --config configs/flickr8k.yaml fused_qkv=$fused max_steps=300 epochs=70 evals={} \
+        eval_every=0 data.batch_size=128 log_every=5 output_dir=runs/$run 2>&1 | grep -vE "it/s|s/it|Warning|warn" | tail -2
+    cp runs/$run/metrics.jsonl "$O/${run}_metrics.jsonl"
   done
+  $PY bench/compare_curves.py runs/qkv_false/metrics.jsonl runs/qkv_true/metrics.jsonl \
+      --labels "fused_qkv=false" "fused_qkv=true (the default)" --out "$O/qkv_vs_plain.png"
+  $PY bench/compare_curves.py runs/qkv_false/metrics.jsonl runs/qkv_false_again/metrics.jsonl \
+      --labels "fused_qkv=false" "fused_qkv=false, again" --out "$O/plain_vs_plain_again.png" ;;
+79)
+  flickr_train_shards
   for fused in true false; do
     timeout 250 $PY train.py --config configs/flickr8k.yaml compile=true fused_activation=$fused max_steps=300 epochs=70 \
         evals={} eval_every=0 data.batch_size=128 log_every=5 output_dir=runs/fused_$fused 2>&1 \
