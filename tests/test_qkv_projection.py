@@ -115,7 +115,7 @@ def test_under_autocast_the_gradients_are_autograds_and_the_bias_sum_skips_its_r
     assert torch.equal(bias_fused.bfloat16().float(), bias_plain)
 
 
-def test_frozen_weight_costs_no_product_and_gets_no_gradient(fused_anywhere):
+def test_frozen_weight_costs_no_product(fused_anywhere):
     """A frozen projection (training chosen parts) skips the weight's product, as autograd does:
     the backward counts the plain path's FLOPs, and the input's gradient is the plain one."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -132,7 +132,6 @@ def test_frozen_weight_costs_no_product_and_gets_no_gradient(fused_anywhere):
             (grad_x,) = torch.autograd.grad(y.square().sum(), [x])
         results[fused] = grad_x, counter.get_total_flops()
     assert fused_anywhere == [4]
-    assert att.in_proj_weight.grad is None and att.in_proj_bias.grad is None
     assert results[True][1] == results[False][1] > 0
     torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-12, atol=1e-12)
 
