@@ -165,6 +165,34 @@ def test_not_used_for_packed_captions_fp8_or_without_gradients(fused_anywhere):
     assert fused_anywhere == [4]
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_whole_model_gradients_are_the_plain_ones(fused_anywhere, checkpointing):
+    """The CLIP loss's gradients through both towers (padded text), also with each block recomputed
+    in the backward (grad_checkpointing), as without the fused path."""
+    import clipscratch
+    from clipscratch.loss import ClipLoss
+
+    torch.manual_seed(3)
+    model = clipscratch.create_model("tiny-vit").double()
+    size = model.visual.image_size
+    images = torch.randn(4, 3, size, size, dtype=torch.float64)
+    tokens = clipscratch.tokenize(["a dog", "two cats on a mat", "x", "a red car by the sea"])
+
+    def grads(fused):
+        model.zero_grad()
+        model.set_fused_qkv(fused)
+        model.set_grad_checkpointing(checkpointing)
+        ClipLoss()(*model(images, tokens)).backward()
+        return [p.grad for p in model.parameters()]
+
+    plain = grads(False)
+    fused = grads(True)
+    forwards = 2 if checkpointing else 1  # checkpointing runs each block's forward again in the backward
+    assert len(fused_anywhere) == forwards * len([m for m in model.modules() if isinstance(m, Attention)])
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_set_fused_qkv_reaches_every_attention():
     import clipscratch
 
