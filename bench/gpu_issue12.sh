@@ -160,6 +160,10 @@
 # Part 85 is part 81's command again, after the backward stopped computing a frozen weight's product (commit e9ce1a6).
 #   bash bench/gpu_issue12.sh 86 DATA_DIR OUT_DIR  # train.py on the Flickr8k train photos, eager, 300 steps with it
 #                                                   (fused_qkv) and twice without: loss curves, and the repeat's drift
+#   bash bench/gpu_issue12.sh 87 DATA_DIR OUT_DIR  # part 54 with both one-pass kernels: ViT-B/16 b256 open_clip and ours
+#                                                   on Flickr8k lengths, ours on three-token captions (the bound)
+#   bash bench/gpu_issue12.sh 88 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths: the whole step compiled, each tower
+#                                                   compiled alone, and the text tower on a side CUDA stream
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -456,6 +460,16 @@ case $PART in
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 80)
   timeout 400 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step fp8" 2>&1 | quiet ;;
+88)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_streams.json" --variants clipscratch:packed clipscratch:packed:towers \
+      clipscratch:packed:streams clipscratch:packed 2>&1 | quiet ;;
+87)
+  timeout 330 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
+      --variants open_clip clipscratch:packed 2>&1 | quiet
+  $PY -c "open('/tmp/one_word.token.txt', 'w').write(''.join(f'photo{i}.jpg#0\ta\n' for i in range(2000)))"
+  timeout 200 $PY bench/train_step.py --captions /tmp/one_word.token.txt --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_one_word.json" --variants clipscratch:packed 2>&1 | quiet ;;
 86)
   flickr_train_shards
   for run in qkv_true qkv_false qkv_false_again; do

@@ -27,6 +27,11 @@ rotated), tokenised; the two implementations see the same tokens:
                        (CLIP.set_attention_kernel("sdpa"); the default tries SDPA's memory-efficient
                        kernel first for sequences of up to 64 tokens: layers.sdpa_backends)
   ...:img=BACKEND      the same, with SDPA limited to that backend (cudnn, efficient, flash) in the step
+  ...:towers           each tower compiled alone (torch.compile of encode_image and of encode_text), the
+                       loss, backward and optimizer eager; compiled rows only
+  ...:streams          the same with the text tower on a side CUDA stream, so that its small kernels
+                       (forward, and by autograd's stream rule its backward) can run beside the image
+                       tower's; compiled rows only
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
@@ -140,15 +145,35 @@ def setup(variant, name, batches, bucket=0, compiled=False):
     images = torch.randn(batches[0].shape[0], 3, 224, 224, device="cuda")
     tokens = [prepare_tokens(b, mode, bucket).to("cuda") for b in batches]
     backend = image_backend(variant)
+    options = variant.split(":")[1:]
+    split = compiled and ("towers" in options or "streams" in options)
+    encode_image = torch.compile(model.encode_image) if split else model.encode_image
+    encode_text = torch.compile(model.encode_text) if split else model.encode_text
+    side = torch.cuda.Stream() if compiled and "streams" in options else None
 
-    def step(images, tokens):
+    def towers(images, tokens, plain):
+        if plain:  # as the model runs eagerly (the FLOP count)
+            return model.encode_image(images), model.encode_text(tokens)
+        if side is None:
+            return encode_image(images), encode_text(tokens)
+        main = torch.cuda.current_stream()
+        side.wait_stream(main)  # the batch is on the GPU
+        with torch.cuda.stream(side):
+            text = encode_text(tokens)
+        image = encode_image(images)
+        main.wait_stream(side)
+        text.record_stream(main)  # allocated on the side stream, read on the main one
+        return image, text
+
+    def step(images, tokens, plain=False):
         with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(backend) if backend else contextlib.nullcontext():
-            loss = clip_loss(model.encode_image(images), model.encode_text(tokens), scale_fn())
+            loss = clip_loss(*towers(images, tokens, plain), scale_fn())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
 
+    step.split = split  # measure() then runs the step itself, its towers compiled
     return step, model, optimizer, images, tokens
 
 
@@ -158,9 +183,9 @@ def measure(variant, name, batches, compiled, warmup_rounds, iters, mode=None):
     bs = images.shape[0]
 
     with FlopCounterMode(display=False) as counter:
-        step(images, tokens[0])  # one eager step (the optimizer's arithmetic is not counted)
+        step(images, tokens[0], plain=True)  # one eager step (the optimizer's arithmetic is not counted)
     flops = counter.get_total_flops()  # the first batch's tokens: close to the mean
-    run = torch.compile(step, mode=mode) if compiled else step
+    run = torch.compile(step, mode=mode) if compiled and not step.split else step
     if graphs:
         recorded = run
 
