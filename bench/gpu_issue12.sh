@@ -164,6 +164,7 @@
 #                                                   on Flickr8k lengths, ours on three-token captions (the bound)
 #   bash bench/gpu_issue12.sh 88 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths: the whole step compiled, each tower
 #                                                   compiled alone, and the text tower on a side CUDA stream
+#   bash bench/gpu_issue12.sh 89 DATA_DIR OUT_DIR  # the same, the whole step compiled against the text on a side stream, ABBA
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -460,6 +461,10 @@ case $PART in
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 80)
   timeout 400 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step fp8" 2>&1 | quiet ;;
+89)
+  timeout 480 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_streams_abba.json" --variants clipscratch:packed clipscratch:packed:streams \
+      clipscratch:packed:streams clipscratch:packed 2>&1 | quiet ;;
 88)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
       --json "$O/b16_flickr_streams.json" --variants clipscratch:packed clipscratch:packed:towers \
