@@ -183,6 +183,15 @@ flickr_train_shards() {
         --only "$D/flickr8k-captions/Flickr_8k.${split}Images.txt" --out data/flickr8k/$split 2>&1 | grep -v "img/s" | tail -1
   done
 }
+# ViT-B/16 b256 on Flickr8k lengths (the variants from $3 on, time limit $1), then packed clipscratch on three-token
+# captions (limit $2): the step with next to no text, what bounds the ratio to open_clip
+text_bound() {
+  timeout "$1" $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
+      --variants "${@:3}" 2>&1 | quiet
+  $PY -c "open('/tmp/one_word.token.txt', 'w').write(''.join(f'photo{i}.jpg#0\ta\n' for i in range(2000)))"
+  timeout "$2" $PY bench/train_step.py --captions /tmp/one_word.token.txt --models ViT-B-16 --warmup-rounds 1 \
+      --json "$O/b16_one_word.json" --variants clipscratch:packed 2>&1 | quiet
+}
 # data-fed from the 256-px shapes shards, then from the Flickr8k photos as they are: $1 and $2 are the variants
 data_fed() {
   timeout 200 $PY bench/data_fed.py --samples 30000 --workers 14 --variants $1 \
@@ -425,11 +434,7 @@ case $PART in
   trainer "$PWD" /tmp/trainer_photos_cpu_cudagraphs_fast_workers '/tmp/flickr_shards/shard-{000000..000007}.tar' \
       data.gpu_decode=false cuda_graphs=true max_steps=300 log_every=50 ;;
 45)
-  timeout 380 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
-      --variants open_clip clipscratch:packed 2>&1 | quiet
-  $PY -c "open('/tmp/one_word.token.txt', 'w').write(''.join(f'photo{i}.jpg#0\ta\n' for i in range(2000)))"
-  timeout 200 $PY bench/train_step.py --captions /tmp/one_word.token.txt --models ViT-B-16 --warmup-rounds 1 \
-      --json "$O/b16_one_word.json" --variants clipscratch:packed 2>&1 | quiet ;;
+  text_bound 380 200 open_clip clipscratch:packed ;;
 48)
   timeout 150 $PY bench/attention_shapes.py --captions "$FLICKR" --text-only --json "$O/attention_text_gpu.json" 2>&1 | quiet
   timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
@@ -470,11 +475,7 @@ case $PART in
       --json "$O/b16_flickr_streams.json" --variants clipscratch:packed clipscratch:packed:towers \
       clipscratch:packed:streams clipscratch:packed 2>&1 | quiet ;;
 87)
-  timeout 330 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
-      --variants open_clip clipscratch:packed 2>&1 | quiet
-  $PY -c "open('/tmp/one_word.token.txt', 'w').write(''.join(f'photo{i}.jpg#0\ta\n' for i in range(2000)))"
-  timeout 200 $PY bench/train_step.py --captions /tmp/one_word.token.txt --models ViT-B-16 --warmup-rounds 1 \
-      --json "$O/b16_one_word.json" --variants clipscratch:packed 2>&1 | quiet ;;
+  text_bound 330 200 open_clip clipscratch:packed ;;
 86)
   flickr_train_shards
   for run in qkv_true qkv_false qkv_false_again; do
@@ -551,11 +552,7 @@ case $PART in
       --json "$O/b16_flickr_efficient.json" --variants open_clip clipscratch:packed clipscratch:packed@reduce-overhead \
       clipscratch:packed:attn=efficient 2>&1 | quiet ;;
 54)
-  timeout 250 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --json "$O/b16_flickr.json" \
-      --variants open_clip 2>&1 | quiet
-  $PY -c "open('/tmp/one_word.token.txt', 'w').write(''.join(f'photo{i}.jpg#0\ta\n' for i in range(2000)))"
-  timeout 250 $PY bench/train_step.py --captions /tmp/one_word.token.txt --models ViT-B-16 --warmup-rounds 1 \
-      --json "$O/b16_one_word.json" --variants clipscratch:packed 2>&1 | quiet ;;
+  text_bound 250 250 open_clip ;;
 53)
   timeout 100 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "packed text" 2>&1 | quiet
   timeout 420 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
