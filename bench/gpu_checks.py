@@ -21,7 +21,11 @@
    dynamic shapes;
    the text tower, the image tower and packed attention compiled alone; and with FP8 linears
    ("compiled step fp8"), compiled with and without the fused backward against eager FP8;
-7. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
+7. the text tower on a side stream beside the image tower ("text stream": CLIP.set_text_stream, as
+   train.py's text_stream=true) == one stream: the first step's features and gradients and the
+   weights after four AdamW steps, fp32 and bf16, eager and with the towers compiled apart, and a
+   gradient-caching step;
+8. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
 
@@ -336,6 +340,72 @@ def compiled_step(captions_path, fp8=False):
     return results
 
 
+def text_stream(captions_path, steps=4):
+    """The text tower on a side stream (CLIP.set_text_stream, models/tower_stream.py) against one
+    stream: ViT-B/32 batch 128, packed real captions, fp32 and bf16, eager and with the towers
+    compiled apart (train.py's text_stream=true with compile=true), the side stream at normal and
+    high priority: the features and gradients of the first step and the weights after ``steps``
+    fused AdamW steps on different batches (a missing synchronisation shows as a difference, which
+    the same kernels on the same inputs do not make); and a gradient-caching step (two micro-batches)."""
+    from clipscratch.data.captions import read_table
+    from clipscratch.models import tower_stream
+    from clipscratch.models.packing import pack_tokens
+
+    captions = [c for r in read_table(captions_path) for c in r.captions]
+    packs = [pack_tokens(clipscratch.tokenize(captions[i * 128:(i + 1) * 128], truncate=True)).to("cuda")
+             for i in range(steps)]
+    torch.manual_seed(0)
+    images = [torch.randn(128, 3, 224, 224, device="cuda") for _ in range(steps)]
+
+    def model_with(priority, compiled):
+        torch.manual_seed(0)
+        model = clipscratch.create_model("ViT-B-32").cuda().train()
+        model.set_text_packing(True)
+        model.set_text_stream(priority is not None, priority or 0)
+        model.set_fused_qkv(True)  # as train.py: the one-pass kernels (fused_activation with compile)
+        model.set_fused_activation(compiled)
+        if compiled:
+            model.compile_towers()
+        return model
+
+    def train(priority, bf16, compiled):
+        model = model_with(priority, compiled)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        first = None
+        for i in range(steps):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                out = model(images[i], packs[i])
+                loss = ClipLoss()(*out)
+            loss.backward()
+            if first is None:
+                first = (torch.cat([out.image_features.detach().float(), out.text_features.detach().float()]),
+                         torch.cat([p.grad.flatten() for p in model.parameters()]))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return {"features": first[0], "grads": first[1], "weights": torch.cat([p.detach().flatten() for p in model.parameters()])}
+
+    results = {}
+    for bf16 in (False, True):
+        for compiled in (False, True):
+            torch._dynamo.reset()
+            ref = train(None, bf16, compiled)
+            name = ("bf16" if bf16 else "fp32") + ("_compiled_towers" if compiled else "_eager")
+            results[f"{name}_one_stream_again"] = {k: rel(v, ref[k]) for k, v in train(None, bf16, compiled).items()}
+            for priority in (0, -1):
+                got = train(priority, bf16, compiled)
+                results[f"{name}_side_stream_priority{priority}"] = {k: rel(v, ref[k]) for k, v in got.items()}
+    torch._dynamo.reset()
+
+    def cached(priority):  # gradient caching over two micro-batches (accum_steps=2)
+        model = model_with(priority, False)
+        grad_cache_step(model, [(images[0], packs[0]), (images[1], packs[1])], ClipLoss(), lambda l: l.backward())
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    results["fp32_grad_cache_side_stream"] = rel(cached(0), cached(None))
+    results["side_streams_made"] = len(tower_stream._STREAMS)  # 0 would mean forward never left the one stream
+    return results
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", required=True)
@@ -347,7 +417,7 @@ def main():
     results = {}
     for name, fn in (("packed text", lambda: packed_vs_padded(args.captions)), ("grad cache + patch dropout", grad_cache_with_patch_dropout),
                      ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels),
-                     ("fused backward", fused_backward),
+                     ("fused backward", fused_backward), ("text stream", lambda: text_stream(args.captions)),
                      ("compiled step", lambda: compiled_step(args.captions)),
                      ("compiled step fp8", lambda: compiled_step(args.captions, fp8=True)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
         if args.only and name not in args.only:

@@ -165,6 +165,13 @@
 #   bash bench/gpu_issue12.sh 88 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths: the whole step compiled, each tower
 #                                                   compiled alone, and the text tower on a side CUDA stream
 #   bash bench/gpu_issue12.sh 89 DATA_DIR OUT_DIR  # the same, the whole step compiled against the text on a side stream, ABBA
+#   bash bench/gpu_issue12.sh 90 DATA_DIR OUT_DIR  # gpu_checks "text stream": the model's own side stream (text_stream)
+#                                                   against one stream, fp32/bf16, eager and towers compiled apart
+#   bash bench/gpu_issue12.sh 91 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths: open_clip, the whole step compiled,
+#                                                   the text stream at normal and at high priority
+#   bash bench/gpu_issue12.sh 92 DATA_DIR OUT_DIR  # part 91's rows of ours in reverse order (ABBA), then eager with and without
+#   bash bench/gpu_issue12.sh 93 DATA_DIR OUT_DIR  # the same on ViT-B/32 b512
+#   bash bench/gpu_issue12.sh 94 DATA_DIR OUT_DIR  # train.py compiled on the Flickr8k photos, text_stream=true and false
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -466,6 +473,31 @@ case $PART in
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 80)
   timeout 400 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step fp8" 2>&1 | quiet ;;
+90)
+  timeout 400 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "text stream" 2>&1 | quiet ;;
+91)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_text_stream.json" --variants open_clip clipscratch:packed clipscratch:packed:streams \
+      clipscratch:packed:streams-high 2>&1 | quiet ;;
+92)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_text_stream_back.json" --variants clipscratch:packed:streams-high clipscratch:packed:streams \
+      clipscratch:packed clipscratch:packed@eager clipscratch:packed:streams@eager 2>&1 | quiet ;;
+93)
+  timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
+      --json "$O/b32_flickr_text_stream.json" --variants open_clip clipscratch:packed clipscratch:packed:streams \
+      clipscratch:packed:streams-high clipscratch:packed 2>&1 | quiet ;;
+94)
+  flickr_train_shards
+  for stream in true false; do
+    timeout 230 $PY train.py --config configs/flickr8k.yaml compile=true text_stream=$stream max_steps=200 epochs=70 \
+        evals={} eval_every=0 data.batch_size=128 log_every=5 output_dir=runs/stream_$stream 2>&1 \
+        | grep -vE "it/s|s/it|Warning|warn" | tail -2
+    cp runs/stream_$stream/metrics.jsonl "$O/text_stream_${stream}_metrics.jsonl"
+  done
+  $PY bench/compare_curves.py runs/stream_false/metrics.jsonl runs/stream_true/metrics.jsonl \
+      --labels "compiled whole (text_stream=false)" "towers apart, text on a side stream (text_stream=true)" \
+      --out "$O/text_stream_vs_whole.png" ;;
 89)
   timeout 480 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
       --json "$O/b16_flickr_streams_abba.json" --variants clipscratch:packed clipscratch:packed:streams \

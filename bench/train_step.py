@@ -27,11 +27,12 @@ rotated), tokenised; the two implementations see the same tokens:
                        (CLIP.set_attention_kernel("sdpa"); the default tries SDPA's memory-efficient
                        kernel first for sequences of up to 64 tokens: layers.sdpa_backends)
   ...:img=BACKEND      the same, with SDPA limited to that backend (cudnn, efficient, flash) in the step
-  ...:towers           each tower compiled alone (torch.compile of encode_image and of encode_text), the
-                       loss, backward and optimizer eager; compiled rows only
-  ...:streams          the same with the text tower on a side CUDA stream, so that its small kernels
-                       (forward, and by autograd's stream rule its backward) can run beside the image
-                       tower's; compiled rows only
+  ...:towers           each tower compiled alone (CLIP.compile_towers), the loss, backward and optimizer
+                       eager; compiled rows only
+  ...:streams          the text tower on a side CUDA stream (CLIP.set_text_stream, models/tower_stream.py),
+                       so that its small kernels (forward, and by autograd's stream rule its backward)
+                       can run beside the image tower's; compiled, the towers apart as with :towers
+                       (train.py's text_stream=true); :streams-high on a high-priority stream
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
@@ -121,6 +122,7 @@ def build(variant: str, name: str, compiled: bool = False):
     model.set_fused_activation(("fused" in options or compiled) and "unfused" not in options)
     model.set_fused_qkv("noqkv" not in options)
     model.set_attention_kernel("sdpa" if "sdpa" in options or any(o.startswith("img=") for o in options) else "auto")
+    model.set_text_stream("streams" in options or "streams-high" in options, priority=-1 if "streams-high" in options else 0)
     return model, model.scale, mode
 
 
@@ -146,24 +148,17 @@ def setup(variant, name, batches, bucket=0, compiled=False):
     tokens = [prepare_tokens(b, mode, bucket).to("cuda") for b in batches]
     backend = image_backend(variant)
     options = variant.split(":")[1:]
-    split = compiled and ("towers" in options or "streams" in options)
-    encode_image = torch.compile(model.encode_image) if split else model.encode_image
-    encode_text = torch.compile(model.encode_text) if split else model.encode_text
-    side = torch.cuda.Stream() if compiled and "streams" in options else None
+    split = compiled and any(o in options for o in ("towers", "streams", "streams-high"))
+    if split:
+        model.compile_towers()  # forward runs them; the FLOP count's eager step runs the plain encoders
+
+    through_forward = split or getattr(model, "text_stream", None) is not None
 
     def towers(images, tokens, plain):
-        if plain:  # as the model runs eagerly (the FLOP count)
+        if plain or not through_forward:  # the step compiled whole; or eager, one stream (the FLOP count)
             return model.encode_image(images), model.encode_text(tokens)
-        if side is None:
-            return encode_image(images), encode_text(tokens)
-        main = torch.cuda.current_stream()
-        side.wait_stream(main)  # the batch is on the GPU
-        with torch.cuda.stream(side):
-            text = encode_text(tokens)
-        image = encode_image(images)
-        main.wait_stream(side)
-        text.record_stream(main)  # allocated on the side stream, read on the main one
-        return image, text
+        out = model(images, tokens)  # the compiled towers, the side stream: as train.py's text_stream=true
+        return out.image_features, out.text_features  # unit norm (clip_loss normalises again: a few µs)
 
     def step(images, tokens, plain=False):
         with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(backend) if backend else contextlib.nullcontext():
@@ -202,6 +197,7 @@ def measure(variant, name, batches, compiled, warmup_rounds, iters, mode=None):
     warm_s = time.perf_counter() - t0
     torch.cuda.reset_peak_memory_stats()
     skips = counters["inductor"]["cudagraph_skips"]
+    compiles, retries = counters["stats"]["unique_graphs"], torch.cuda.memory_stats()["num_alloc_retries"]
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     calls = []  # the host's time of each call: a few ms where CUDA graphs replay, the whole step where they do not
@@ -217,7 +213,10 @@ def measure(variant, name, batches, compiled, warmup_rounds, iters, mode=None):
               "batch": bs, "step_ms": ms,
               "samples_per_s": bs / ms * 1000, "host_ms": host_ms, "tflops": flops / (ms / 1000) / 1e12,
               "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "warmup_s": warm_s, "warmup_rounds": warmup_rounds,
-              "host_ms_calls": [round(t, 1) for t in calls], "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips}
+              "host_ms_calls": [round(t, 1) for t in calls], "cudagraph_skips": counters["inductor"]["cudagraph_skips"] - skips,
+              # what a stalled call may hold: graphs compiled, or the allocator freeing its cache to retry, in the timed window
+              "graphs_compiled_timed": counters["stats"]["unique_graphs"] - compiles,
+              "alloc_retries_timed": torch.cuda.memory_stats()["num_alloc_retries"] - retries}
     del model, optimizer, run
     torch.cuda.empty_cache()
     torch._dynamo.reset()

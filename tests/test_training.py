@@ -73,7 +73,8 @@ def test_unknown_keys_wrong_types_and_out_of_range_values_are_clear_errors():
                               ("evals={shapes: {pictures: 3}}", "unknown config key 'evals.shapes.pictures'"),
                               ("model=ViT-Z/99", "unknown model 'ViT-Z/99'"),
                               ("cuda_graphs=true", "'cuda_graphs' must be false without compile=true"),
-                              ("cuda_graphs=true\ncompile=true\naccum_steps=2", "'cuda_graphs' must be false with accum_steps > 1")):
+                              ("cuda_graphs=true\ncompile=true\naccum_steps=2", "'cuda_graphs' must be false with accum_steps > 1"),
+                              ("cuda_graphs=true\ncompile=true\ntext_stream=true", "'text_stream' must be false with cuda_graphs")):
         with pytest.raises(ClipscratchError, match=message):
             resolve(None, [*override.split("\n"), "data.train=x.tar"])
     assert resolve(None, ["cuda_graphs=true", "compile=true", "data.train=x.tar"]).cuda_graphs

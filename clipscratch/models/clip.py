@@ -10,6 +10,7 @@ from torch import nn
 from .config import CLIPConfig
 from .modified_resnet import ModifiedResNet
 from .text_transformer import TextTransformer
+from .tower_stream import run_beside, side_stream
 from .vision_transformer import VisionTransformer
 
 
@@ -37,6 +38,8 @@ class CLIP(nn.Module):
         if init:
             self.visual.init_weights()
             self.text.init_weights()
+        self.text_stream: Optional[int] = None  # set_text_stream: the side stream's priority, None for one stream
+        self._compiled_encoders = None  # compile_towers: what forward runs instead of encode_image/encode_text
 
     @property
     def image_size(self) -> int:
@@ -63,9 +66,35 @@ class CLIP(nn.Module):
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CLIPOutput:
-        image_features = self.encode_image(images, normalize=True)  # [B, E]
-        text_features = self.encode_text(tokens, normalize=True)  # [B, E]
+        encode_image, encode_text = self._compiled_encoders or (self.encode_image, self.encode_text)
+        if self.text_stream is not None and images.is_cuda and not torch.compiler.is_compiling():
+            image_features, text_features = run_beside(
+                side_stream(images.device, self.text_stream), lambda t: encode_text(t, normalize=True), tokens,
+                lambda i: encode_image(i, normalize=True), images)  # [B, E] each
+        else:
+            image_features = encode_image(images, normalize=True)  # [B, E]
+            text_features = encode_text(tokens, normalize=True)  # [B, E]
         return CLIPOutput(image_features, text_features, self.scale(), getattr(self, "logit_bias", None))
+
+    def set_text_stream(self, enabled: bool = True, priority: int = 0) -> None:
+        """On a CUDA GPU, ``forward`` runs the text tower on a side stream beside the image tower
+        (tower_stream.py; ``priority``: the stream's, -1 high): the same kernels on the same inputs.
+        Skipped inside torch.compile, which would trace it as one stream: compile the towers
+        apart (``compile_towers``), as train.py does with ``text_stream``."""
+        self.text_stream = priority if enabled else None
+
+    def compile_towers(self, **options) -> None:
+        """``forward`` runs each tower through its own ``torch.compile(**options)`` (the loss and
+        what calls ``forward`` stay eager); ``encode_image``, ``encode_text`` and copies of the
+        model (evaluations) stay eager."""
+        self._compiled_encoders = (torch.compile(self.encode_image, **options), torch.compile(self.encode_text, **options))
+
+    def __getstate__(self):
+        """Copies and pickles leave the compiled towers behind: they are this model's, and a copy
+        (copy.deepcopy keeps functions as they are) would run them on this model's weights."""
+        state = dict(super().__getstate__())
+        state["_compiled_encoders"] = None
+        return state
 
     def set_text_packing(self, enabled: bool = True, kernel: str = "auto") -> None:
         """Pack the captions of a batch (text_transformer.forward_packed): the same features,

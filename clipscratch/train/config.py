@@ -87,6 +87,9 @@ class TrainConfig:
     # host launches a step in a few ms and busy data workers cannot slow it; packed text is filled to a multiple of
     # 256 tokens (models/packing.py) so that a few recordings cover every batch
     cuda_graphs: bool = False
+    # on a CUDA GPU: the text tower on a side CUDA stream beside the image tower (models/tower_stream.py), the same
+    # kernels; with compile, each tower is compiled apart (the loss stays eager), not with cuda_graphs
+    text_stream: bool = False
     freeze: List[str] = field(default_factory=list)  # parts or parameter patterns (models/parts.py), e.g. "image" for LiT
     seed: int = 0
     output_dir: str = "runs/default"
@@ -260,6 +263,8 @@ def check(cfg: TrainConfig) -> None:
     _require(not cfg.cuda_graphs or cfg.compile, "cuda_graphs", "false without compile=true", cfg.cuda_graphs)
     _require(not cfg.cuda_graphs or cfg.accum_steps == 1, "cuda_graphs",
              "false with accum_steps > 1 (gradient caching runs every micro-batch forward before the backwards)", cfg.cuda_graphs)
+    _require(not (cfg.text_stream and cfg.cuda_graphs), "text_stream",
+             "false with cuda_graphs=true (a recording of the whole step holds one stream)", cfg.text_stream)
     _require(cfg.precision in ("no", "bf16", "fp16"), "precision", "one of no, bf16, fp16", cfg.precision)
     _require(cfg.loss in ("clip", "siglip"), "loss", "one of clip, siglip", cfg.loss)
     for key in ("save_every", "keep_checkpoints", "log_every"):

@@ -78,8 +78,7 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
     scheduler = warmup_cosine(optimizer, cfg.optim.warmup_steps, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)  # the CLIP itself: checkpoints and evaluators use it
-    if cfg.compile:
-        model = torch.compile(model, mode="reduce-overhead" if cfg.cuda_graphs else None)
+    model = compile_for_training(model, core, cfg)
     bucket = 256 if cfg.cuda_graphs else 0  # packed text filled to a few shapes: one graph recording each
     pack = functools.partial(pack_tokens, bucket=bucket, context_length=context_length) if cfg.pack_text else None
 
@@ -222,9 +221,22 @@ def build_model(cfg: TrainConfig):
     model.set_fp8(cfg.fp8)
     model.set_fused_activation(cfg.compile and cfg.fused_activation)  # faster compiled only (config.py)
     model.set_fused_qkv(cfg.fused_qkv)  # faster eager and compiled
+    model.set_text_stream(cfg.text_stream)
     if cfg.freeze:
         freeze(model, cfg.freeze)
     return model
+
+
+def compile_for_training(model, core, cfg: TrainConfig):
+    """The model the loop calls: with compile, the whole of it compiled (under CUDA graphs with
+    cuda_graphs), or with text_stream each tower of ``core`` compiled apart so that ``forward``
+    can put the text tower on its side stream; as it is otherwise."""
+    if not cfg.compile:
+        return model
+    if cfg.text_stream:
+        core.compile_towers()
+        return model
+    return torch.compile(model, mode="reduce-overhead" if cfg.cuda_graphs else None)
 
 
 def initial_model(cfg: TrainConfig):
