@@ -172,6 +172,10 @@
 #   bash bench/gpu_issue12.sh 92 DATA_DIR OUT_DIR  # part 91's rows of ours in reverse order (ABBA), then eager with and without
 #   bash bench/gpu_issue12.sh 93 DATA_DIR OUT_DIR  # the same on ViT-B/32 b512
 #   bash bench/gpu_issue12.sh 94 DATA_DIR OUT_DIR  # train.py compiled on the Flickr8k photos, text_stream=true and false
+#   bash bench/gpu_issue12.sh 95 DATA_DIR OUT_DIR  # two GPUs (DDP): train.py's default run eager with text_stream=false
+#                                                   twice and true, weights compared; then compiled with it
+#   bash bench/gpu_issue12.sh 96 DATA_DIR OUT_DIR  # part 95 was refused (no 2-GPU machine lent): two DDP processes (gloo)
+#                                                   sharing the one GPU, text_stream on and off, weights compared
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -498,6 +502,32 @@ case $PART in
   $PY bench/compare_curves.py runs/stream_false/metrics.jsonl runs/stream_true/metrics.jsonl \
       --labels "compiled whole (text_stream=false)" "towers apart, text on a side stream (text_stream=true)" \
       --out "$O/text_stream_vs_whole.png" ;;
+96)
+  timeout 400 $PY bench/ddp_stream_check.py --steps 6 2>&1 | quiet ;;
+95)
+  for run in false false_again true compiled_true; do
+    stream=${run%_again}; stream=${stream#compiled_}; compiled=false; [ "${run#compiled_}" != "$run" ] && compiled=true
+    timeout 200 $PY -m accelerate.commands.launch --multi_gpu --num_processes 2 train.py text_stream=$stream \
+        compile=$compiled max_steps=60 save_every=60 eval_every=0 evals={} precision=bf16 output_dir=runs/ddp_$run 2>&1 \
+        | grep -vE "it/s|s/it|Warning|warn" | tail -1
+    cp runs/ddp_$run/metrics.jsonl "$O/ddp_stream_${run}_metrics.jsonl"
+  done
+  $PY - <<'PYEOF'
+import json
+from safetensors.torch import load_file
+def weights(run):
+    return load_file(f"runs/ddp_{run}/checkpoints/step_00000060/model.safetensors")
+def losses(run):
+    return [r["loss"] for r in map(json.loads, open(f"runs/ddp_{run}/metrics.jsonl")) if "loss" in r]
+ref = weights("false")
+for run in ("false_again", "true", "compiled_true"):
+    w = weights(run)
+    diff = max(float((w[k].double() - ref[k].double()).abs().max()) for k in ref)
+    identical = all(bool((w[k] == ref[k]).all()) for k in ref)
+    print(json.dumps({"run": run, "weights_identical_to_false": identical, "max_abs_weight_diff": diff,
+                      "loss_at_60": losses(run)[-1], "loss_at_60_false": losses("false")[-1]}))
+PYEOF
+  ;;
 89)
   timeout 480 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
       --json "$O/b16_flickr_streams_abba.json" --variants clipscratch:packed clipscratch:packed:streams \
