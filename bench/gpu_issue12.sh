@@ -194,6 +194,20 @@ flickr_train_shards() {
         --only "$D/flickr8k-captions/Flickr_8k.${split}Images.txt" --out data/flickr8k/$split 2>&1 | grep -v "img/s" | tail -1
   done
 }
+# train.py on the Flickr8k train photos (configs/flickr8k.yaml, batch 128, no evaluations) once per run: $1 time limit,
+# $2 lines of its output kept, $3 steps, $4 the option the runs set, $5 overrides before it, then the runs, named
+# PREFIX_VALUE or PREFIX_VALUE_again (the option's value); each run's metrics.jsonl to $O/RUN_metrics.jsonl
+flickr_runs() {
+  local limit=$1 keep=$2 steps=$3 option=$4 before=$5 run value; shift 5
+  flickr_train_shards
+  for run in "$@"; do
+    value=${run%_again}; value=${value##*_}
+    timeout "$limit" $PY train.py --config configs/flickr8k.yaml $before $option=$value max_steps=$steps epochs=70 \
+        evals={} eval_every=0 data.batch_size=128 log_every=5 output_dir=runs/$run 2>&1 \
+        | grep -vE "it/s|s/it|Warning|warn" | tail -$keep
+    cp runs/$run/metrics.jsonl "$O/${run}_metrics.jsonl"
+  done
+}
 # ViT-B/16 b256 on Flickr8k lengths (the variants from $3 on, time limit $1), then packed clipscratch on three-token
 # captions (limit $2): the step with next to no text, what bounds the ratio to open_clip
 text_bound() {
@@ -492,14 +506,8 @@ case $PART in
       --json "$O/b32_flickr_text_stream.json" --variants open_clip clipscratch:packed clipscratch:packed:streams \
       clipscratch:packed:streams-high clipscratch:packed 2>&1 | quiet ;;
 94)
-  flickr_train_shards
-  for stream in true false; do
-    timeout 230 $PY train.py --config configs/flickr8k.yaml compile=true text_stream=$stream max_steps=200 epochs=70 \
-        evals={} eval_every=0 data.batch_size=128 log_every=5 output_dir=runs/stream_$stream 2>&1 \
-        | grep -vE "it/s|s/it|Warning|warn" | tail -2
-    cp runs/stream_$stream/metrics.jsonl "$O/text_stream_${stream}_metrics.jsonl"
-  done
-  $PY bench/compare_curves.py runs/stream_false/metrics.jsonl runs/stream_true/metrics.jsonl \
+  flickr_runs 230 2 200 text_stream compile=true text_stream_true text_stream_false
+  $PY bench/compare_curves.py runs/text_stream_false/metrics.jsonl runs/text_stream_true/metrics.jsonl \
       --labels "compiled whole (text_stream=false)" "towers apart, text on a side stream (text_stream=true)" \
       --out "$O/text_stream_vs_whole.png" ;;
 96)
@@ -539,25 +547,13 @@ PYEOF
 87)
   text_bound 330 200 open_clip clipscratch:packed ;;
 86)
-  flickr_train_shards
-  for run in qkv_true qkv_false qkv_false_again; do
-    fused=${run#qkv_}; fused=${fused%_again}
-    timeout 170 $PY train.py --config configs/flickr8k.yaml fused_qkv=$fused max_steps=300 epochs=70 evals={} \
-        eval_every=0 data.batch_size=128 log_every=5 output_dir=runs/$run 2>&1 | grep -vE "it/s|s/it|Warning|warn" | tail -2
-    cp runs/$run/metrics.jsonl "$O/${run}_metrics.jsonl"
-  done
+  flickr_runs 170 2 300 fused_qkv "" qkv_true qkv_false qkv_false_again
   $PY bench/compare_curves.py runs/qkv_false/metrics.jsonl runs/qkv_true/metrics.jsonl \
       --labels "fused_qkv=false" "fused_qkv=true (the default)" --out "$O/qkv_vs_plain.png"
   $PY bench/compare_curves.py runs/qkv_false/metrics.jsonl runs/qkv_false_again/metrics.jsonl \
       --labels "fused_qkv=false" "fused_qkv=false, again" --out "$O/plain_vs_plain_again.png" ;;
 79)
-  flickr_train_shards
-  for fused in true false; do
-    timeout 250 $PY train.py --config configs/flickr8k.yaml compile=true fused_activation=$fused max_steps=300 epochs=70 \
-        evals={} eval_every=0 data.batch_size=128 log_every=5 output_dir=runs/fused_$fused 2>&1 \
-        | grep -vE "it/s|s/it|Warning|warn" | tail -3
-    cp runs/fused_$fused/metrics.jsonl "$O/fused_${fused}_metrics.jsonl"
-  done
+  flickr_runs 250 3 300 fused_activation compile=true fused_true fused_false
   $PY bench/compare_curves.py runs/fused_false/metrics.jsonl runs/fused_true/metrics.jsonl \
       --labels "compile=true, fused_activation=false" "compile=true (fused_activation=true)" --out "$O/fused_vs_unfused.png" ;;
 78)
