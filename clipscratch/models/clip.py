@@ -92,7 +92,7 @@ class CLIP(nn.Module):
     def __getstate__(self):
         """Copies and pickles leave the compiled towers behind: they are this model's, and a copy
         (copy.deepcopy keeps functions as they are) would run them on this model's weights."""
-        state = dict(super().__getstate__())
+        state = self.__dict__.copy()  # object's default (Python 3.11+ has no other), which nn.Module.__setstate__ takes
         state["_compiled_encoders"] = None
         return state
 

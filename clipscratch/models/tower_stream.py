@@ -1,9 +1,9 @@
 """The text tower beside the image tower: its kernels on a second CUDA stream.
 
 At caption lengths the text tower is many small kernels (a few thousand packed tokens at width
-512), too small to fill an H100, run after the image tower's on one stream: 3.6 ms of ViT-B/16's
-73.5-ms step (docs/benchmarks.md, parts 87-89). On a side stream they can run in the gaps the
-image tower's kernels leave. The arithmetic is the same kernels on the same inputs, so the
+512), too small to fill an H100, run after the image tower's on one stream: about 4.4 ms of
+ViT-B/16's 73.5-ms step (docs/benchmarks.md, part 87). On a side stream they can run in the gaps
+the image tower's kernels leave: 1.0-1.3 ms less (parts 91-92). The arithmetic is the same kernels on the same inputs, so the
 features and gradients are the one-stream path's.
 
 The synchronisation, in ``run_beside``:
