@@ -522,3 +522,19 @@ def test_packed_text_longer_than_the_context_is_refused_in_one_line():
         a.encode_text(pack_tokens(long))
     with pytest.raises(TextTooLongError, match="a caption has 80 tokens"):  # filled for CUDA graphs too
         a.encode_text(pack_tokens(long, bucket=256, context_length=77))
+
+
+def test_text_packed_inside_a_compiled_model_gives_the_eager_features():
+    """A plain [B, L] batch given to a compiled model that packs it itself (CLIP.set_text_packing;
+    train.py packs on the host instead): torch.compile traces the packing; fp32 rounding apart,
+    the eager features."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = clipscratch.create_model("tiny-vit").eval()
+    model.set_text_packing(True)
+    images, tokens = _batch()
+    eager = model(images, tokens)
+    compiled = torch.compile(model)(images, tokens)
+    torch.testing.assert_close(compiled.text_features, eager.text_features, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.image_features, eager.image_features, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()

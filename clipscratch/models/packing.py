@@ -45,7 +45,11 @@ class PackedTokens(NamedTuple):
 
 def _vary(packed: PackedTokens) -> PackedTokens:
     """Tell torch.compile up front that N and T change from batch to batch, so that it compiles
-    one graph for all lengths instead of one for the first batch and a second one on the next."""
+    one graph for all lengths instead of one for the first batch and a second one on the next.
+    Packed inside a compiled model (a plain [B, L] batch with ``CLIP.set_text_packing``) there is
+    nothing to tell: torch.compile traces the packing itself."""
+    if torch.compiler.is_compiling():
+        return packed
     for t in (packed.ids, packed.positions, packed.slots):
         torch._dynamo.maybe_mark_dynamic(t, 0)  # N
     torch._dynamo.maybe_mark_dynamic(packed.layout, 1)  # T
