@@ -247,13 +247,15 @@ decoders() {
   trainer "$PWD" "$1_gpu_decode" "$2"; trainer "$PWD" "$1_cpu_workers" "$2" data.gpu_decode=false
   trainer "$PWD" "$1_gpu_decode_again" "$2"
 }
+# bench/gpu_checks.py on the Flickr8k captions and photos: $1 the time limit, the rest its options (--only NAMES)
+checks() { timeout "$1" $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" "${@:2}" 2>&1 | quiet; }
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
 81)
-  timeout 200 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused backward" 2>&1 | quiet
+  checks 200 --only "fused backward"
   cp "$O/gpu_checks.json" "$O/gpu_checks_fused_backward.json"
-  timeout 380 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
+  checks 380 --only "compiled step" ;;
 82)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_qkv.json" --variants open_clip clipscratch:packed clipscratch:packed:noqkv 2>&1 | quiet ;;
@@ -286,7 +288,7 @@ case $PART in
   timeout 120 $PY bench/data_fed.py --pattern '/tmp/flickr_shards/shard-{000000..000007}.tar' --workers 14 \
       --variants uint8 nvimgcodec --json "$O/data_fed_flickr.json" 2>&1 | quiet ;;
 4)
-  timeout 120 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet
+  checks 120
   timeout 450 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --json "$O/b32_flickr.json" \
       --variants open_clip clipscratch:packed clipscratch:trimmed 2>&1 | quiet ;;
 5)
@@ -312,10 +314,10 @@ case $PART in
   timeout 500 $PY bench/train_step.py --captions "$FLICKR" "$MEMES" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_both_again.json" --variants open_clip clipscratch:packed 2>&1 | quiet ;;
 11)
-  timeout 90 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet | grep nvimgcodec
+  checks 90 | grep nvimgcodec
   data_fed "gpu_decode nvimgcodec" "gpu_decode nvimgcodec" ;;
 12)
-  timeout 60 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet | grep nvimgcodec
+  checks 60 | grep nvimgcodec
   data_fed nvimgcodec nvimgcodec ;;
 7)
   data_fed "gpu_decode nvimgcodec" "uint8 nvimgcodec" ;;
@@ -325,7 +327,7 @@ case $PART in
   timeout 260 $PY bench/max_batch.py --captions "$FLICKR" --models ViT-B-32 --checkpointing no \
       --impls open_clip clipscratch:packed clipscratch:packed:recompute --json "$O/max_batch_flickr.json" 2>&1 | quiet ;;
 18)
-  timeout 60 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" 2>&1 | quiet | grep nvimgcodec
+  checks 60 | grep nvimgcodec
   for w in 14 6; do
     timeout 200 $PY bench/data_fed.py --samples 30000 --workers $w --variants gpu_decode nvimgcodec --feed-only \
         --json "$O/data_fed_256_workers$w.json" 2>&1 | quiet | grep -v "img/s"
@@ -419,8 +421,7 @@ case $PART in
   fed256 250 --variants uint8 --step trainer --separate --workers 8 \
       --json "$O/data_fed_256_trainer_step_cpu_separate_workers8.json" ;;
 39)
-  timeout 120 $PY bench/gpu_checks.py --captions "$D/flickr8k-captions/Flickr8k.token.txt" --photos "$D/flickr8k-1000/images" \
-      --only "packed text" 2>&1 | quiet
+  checks 120 --only "packed text"
   fed256 280 --variants uint8 --step trainer --separate --compile-mode reduce-overhead --bucket 256 \
       --json "$O/data_fed_256_trainer_step_cpu_cudagraphs.json"
   trainer "$PWD" /tmp/trainer_cpu_cudagraphs "$SHAPES" data.gpu_decode=false cuda_graphs=true max_steps=250 log_every=50 ;;
@@ -465,7 +466,7 @@ case $PART in
   timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_attn.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=math 2>&1 | quiet ;;
 49)
-  timeout 100 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "packed text" 2>&1 | quiet
+  checks 100 --only "packed text"
   for captions in "$FLICKR" "$MEMES"; do
     timeout 260 $PY bench/train_step.py --captions "$captions" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
         --json "$O/b32_$(basename "$(dirname "$captions")")_efficient.json" \
@@ -482,7 +483,7 @@ case $PART in
       --json "$O/b32_memes_final.json" --variants open_clip clipscratch:packed clipscratch:packed@reduce-overhead 2>&1 | quiet ;;
 64)
   timeout 200 $PY bench/bias_activation.py --json "$O/bias_activation.json" 2>&1 | quiet
-  timeout 300 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused backward" 2>&1 | quiet ;;
+  checks 300 --only "fused backward" ;;
 65)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
@@ -490,9 +491,9 @@ case $PART in
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_fused.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 80)
-  timeout 400 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step fp8" 2>&1 | quiet ;;
+  checks 400 --only "compiled step fp8" ;;
 90)
-  timeout 400 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "text stream" 2>&1 | quiet ;;
+  checks 400 --only "text stream" ;;
 91)
   timeout 580 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
       --json "$O/b16_flickr_text_stream.json" --variants open_clip clipscratch:packed clipscratch:packed:streams \
@@ -562,7 +563,7 @@ PYEOF
       clipscratch:packed@reduce-overhead clipscratch:packed@reduce-overhead clipscratch:packed:unfused@reduce-overhead \
       2>&1 | quiet ;;
 77)
-  timeout 500 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
+  checks 500 --only "compiled step" ;;
 76)
   timeout 400 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_fused_abba.json" --variants clipscratch:packed:unfused clipscratch:packed \
@@ -576,13 +577,13 @@ PYEOF
       clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 74)
   timeout 150 $PY bench/bias_activation_compiled.py --code-dir "$O" 2>&1 | quiet
-  timeout 420 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
+  checks 420 --only "compiled step" ;;
 73)
   timeout 400 $PY bench/bias_activation_compiled.py --code-dir "$O" 2>&1 | quiet ;;
 72)
-  timeout 500 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "compiled step" 2>&1 | quiet ;;
+  checks 500 --only "compiled step" ;;
 71)
-  timeout 150 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "fused backward" 2>&1 | quiet
+  checks 150 --only "fused backward"
   timeout 420 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 \
       --json "$O/b16_flickr_fused_final.json" --variants open_clip clipscratch:packed clipscratch:packed:unfused 2>&1 | quiet ;;
 63)
@@ -591,9 +592,9 @@ PYEOF
 61)
   timeout 400 $PY bench/attention_shapes.py --captions "$FLICKR" --image-sweep --json "$O/attention_image_sweep.json" 2>&1 | quiet ;;
 60)
-  timeout 200 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "attention kernel" 2>&1 | quiet ;;
+  checks 200 --only "attention kernel" ;;
 59)
-  timeout 120 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "attention kernel" 2>&1 | quiet
+  checks 120 --only "attention kernel"
   timeout 460 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_attention_kernel.json" --variants open_clip clipscratch:packed clipscratch:packed:sdpa \
       clipscratch:packed@reduce-overhead clipscratch:packed:sdpa@reduce-overhead 2>&1 | quiet ;;
@@ -612,7 +613,7 @@ PYEOF
 54)
   text_bound 250 250 open_clip ;;
 53)
-  timeout 100 $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$D/flickr8k-1000/images" --only "packed text" 2>&1 | quiet
+  checks 100 --only "packed text"
   timeout 420 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-32 --warmup-rounds 1 --iters 48 \
       --json "$O/b32_flickr_default_kernel.json" --variants open_clip clipscratch:packed clipscratch:packed:attn=varlen \
       2>&1 | quiet ;;
