@@ -20,9 +20,17 @@ from clipscratch.loss import ClipLoss  # noqa: E402
 from clipscratch.models.packing import pack_tokens  # noqa: E402
 
 
-def train(rank: int, device: str, text_stream: bool, model_name: str, steps: int, batch: int) -> torch.Tensor:
+def initial_model(model_name: str):
     torch.manual_seed(0)
-    model = clipscratch.create_model(model_name).to(device).train()
+    return clipscratch.create_model(model_name)
+
+
+def weights(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).cpu()
+
+
+def train(rank: int, device: str, text_stream: bool, model_name: str, steps: int, batch: int) -> torch.Tensor:
+    model = initial_model(model_name).to(device).train()
     model.set_text_packing(True)
     model.set_text_stream(text_stream)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -37,7 +45,7 @@ def train(rank: int, device: str, text_stream: bool, model_name: str, steps: int
         ClipLoss()(*ddp(images, tokens)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return torch.cat([p.detach().flatten() for p in model.parameters()]).cpu()
+    return weights(model)
 
 
 def worker(rank: int, args, port: int, queue) -> None:
@@ -47,8 +55,7 @@ def worker(rank: int, args, port: int, queue) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     results = {}
     for stream in (False, True, False):
-        weights = train(rank, args.device, stream, args.model, args.steps, args.batch)
-        results.setdefault(stream, []).append(weights)
+        results.setdefault(stream, []).append(train(rank, args.device, stream, args.model, args.steps, args.batch))
     dist.destroy_process_group()
     if rank == 0:
         one, side = results[False][0], results[True][0]
@@ -56,13 +63,7 @@ def worker(rank: int, args, port: int, queue) -> None:
                    "one_stream_again_identical": bool(torch.equal(results[False][1], one)),
                    "side_stream_identical": bool(torch.equal(side, one)),
                    "side_stream_max_abs_diff": float((side - one).abs().max()),
-                   "weights_moved": float((one - train_init(args)).abs().max())})
-
-
-def train_init(args) -> torch.Tensor:
-    torch.manual_seed(0)
-    model = clipscratch.create_model(args.model)
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
+                   "weights_moved": float((one - weights(initial_model(args.model))).abs().max())})
 
 
 def main():
@@ -78,9 +79,11 @@ def main():
     procs = [ctx.Process(target=worker, args=(rank, args, port, queue)) for rank in range(2)]
     for proc in procs:
         proc.start()
-    result = queue.get(timeout=900)
     for proc in procs:
-        proc.join()
+        proc.join()  # rank 0's small result waits in the queue's pipe meanwhile
+    if any(proc.exitcode for proc in procs):
+        sys.exit(f"a process failed (exit codes {[proc.exitcode for proc in procs]}; its error is printed above)")
+    result = queue.get(timeout=60)
     print(json.dumps(result))
     with open(os.path.join(os.environ.get("OUT", "."), "ddp_stream_check.json"), "w") as f:
         json.dump(result, f, indent=2)

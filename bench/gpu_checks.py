@@ -358,8 +358,7 @@ def text_stream(captions_path, steps=4):
     images = [torch.randn(128, 3, 224, 224, device="cuda") for _ in range(steps)]
 
     def model_with(priority, compiled):
-        torch.manual_seed(0)
-        model = clipscratch.create_model("ViT-B-32").cuda().train()
+        model = vit_b32_and_batch(0, 1)[0].train()
         model.set_text_packing(True)
         model.set_text_stream(priority is not None, priority or 0)
         model.set_fused_qkv(True)  # as train.py: the one-pass kernels (fused_activation with compile)
