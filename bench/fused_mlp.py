@@ -33,8 +33,8 @@ from clipscratch.models.layers import MLP  # noqa: E402
 SHAPES = {"ViT-B/16 b256 image": (256 * 197, 768), "ViT-B/32 b512 image": (512 * 50, 768),
           "ViT-L/14 b128 image": (128 * 257, 1024), "text, 3,579 packed tokens (B/16 b256 Flickr8k)": (3579, 512),
           "text, 7,229 packed tokens (B/32 b512 Flickr8k)": (7229, 512)}
-TMA_CONFIGS = [(128, 256, 64, 8, 8, 3), (128, 256, 64, 8, 8, 4), (128, 128, 64, 8, 4, 4), (128, 128, 64, 8, 8, 4),
-               (128, 128, 64, 8, 4, 3), (128, 256, 64, 8, 8, 2), (64, 256, 64, 8, 4, 4), (128, 128, 128, 8, 8, 3)]
+TMA_CONFIGS = [(128, 256, 64, 8, 8, 3), (128, 128, 64, 8, 8, 4), (128, 128, 128, 8, 8, 3), (128, 256, 64, 8, 8, 2),
+               (128, 128, 64, 8, 4, 4), (64, 256, 64, 8, 4, 4), (128, 128, 64, 8, 4, 3), (128, 256, 64, 8, 8, 4)]
 CONFIGS = [(128, 128, 64, 8, 8, 4), (64, 128, 64, 8, 4, 4), (128, 256, 64, 8, 8, 4)]
 ITERS = 30
 
@@ -56,7 +56,16 @@ def rel(a, b):
     return {"max_rel": ((a - b).abs().max() / b.abs().max()).item(), "share_differing": (a != b).float().mean().item()}
 
 
-def kernels(M, C, configs, dtype=torch.bfloat16):
+def product(kernel, a, b, bias, h, quick, kw):
+    """The Triton kernel ``kernel`` ("tma" or "pointers") on a [M, K] and b [K, N]: forward (h None) or backward."""
+    if kernel == "tma":
+        transposed = h is None  # the forward's b is w1^T: w1 [N, K] itself
+        return fm.launch_tma(fm.product_activation_tma_kernel, a, b.t() if transposed else b, bias, h, quick,
+                             transposed, **kw)
+    return fm.launch(fm.product_activation_kernel, a, b, bias, h, quick, **kw)
+
+
+def kernels(M, C, configs, quick_gelu, dtype=torch.bfloat16):
     H = 4 * C
     x = torch.randn(M, C, device="cuda", dtype=dtype)
     w1 = (torch.randn(H, C, device="cuda") * C ** -0.5).to(dtype)
@@ -83,23 +92,24 @@ def kernels(M, C, configs, dtype=torch.bfloat16):
         bm, bn, bk, gm, warps, stages = cfg
         kw = dict(block_m=bm, block_n=bn, block_k=bk, group_m=gm, warps=warps, stages=stages)
         try:
-            if kernel == "tma":
-                fwd = lambda: fm.launch_tma(fm.product_activation_tma_kernel, x, w1, b1, None, False, True, **kw)  # noqa: E731
-                bwd = lambda: fm.launch_tma(fm.product_activation_tma_kernel, g, w2, b1, h_ref, False, False, **kw)  # noqa: E731
-            else:
-                fwd = lambda: fm.launch(fm.product_activation_kernel, x, w1.t(), b1, None, False, **kw)  # noqa: E731
-                bwd = lambda: fm.launch(fm.product_activation_kernel, g, w2, b1, h_ref, False, **kw)  # noqa: E731
-            h, act = fwd()
-            grad, sums = bwd()
-            entry = {"kernel": kernel, "config": cfg, "forward_ms": graph_ms(fwd), "backward_ms": graph_ms(bwd),
+            h, act = product(kernel, x, w1.t(), b1, None, False, kw)
+            grad, sums = product(kernel, g, w2, b1, h_ref, False, kw)
+            entry = {"kernel": kernel, "config": cfg,
+                     "forward_ms": graph_ms(lambda: product(kernel, x, w1.t(), b1, None, False, kw)),
+                     "backward_ms": graph_ms(lambda: product(kernel, g, w2, b1, h_ref, False, kw)),
                      "h": rel(h, h_ref), "act": rel(act, act_ref), "grad_h": rel(grad, grad_ref),
                      "bias_grad": rel(sums, sums_ref)}
             entry["forward_tflops"] = flop / entry["forward_ms"] / 1e9
+            if quick_gelu:  # the same products with QuickGELU's cheaper epilogue (a sigmoid; no erf, no exp)
+                entry["quick_gelu_forward_ms"] = graph_ms(lambda: product(kernel, x, w1.t(), b1, None, True, kw))
+                entry["quick_gelu_backward_ms"] = graph_ms(lambda: product(kernel, g, w2, b1, h_ref, True, kw))
         except Exception as e:  # a configuration that does not fit (shared memory, registers)
             entry = {"kernel": kernel, "config": cfg, "error": f"{type(e).__name__}: {str(e)[:200]}"}
         row["configs"].append(entry)
         print(f"  {kernel} {cfg}: " + (f"fwd {entry['forward_ms']:.3f} bwd {entry['backward_ms']:.3f} ms"
-                              if "error" not in entry else entry["error"]), flush=True)
+                                       + (f" (QuickGELU fwd {entry['quick_gelu_forward_ms']:.3f} bwd "
+                                          f"{entry['quick_gelu_backward_ms']:.3f})" if quick_gelu else "")
+                                       if "error" not in entry else entry["error"]), flush=True)
     return row
 
 
@@ -139,22 +149,26 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "fused_mlp.json"))
     p.add_argument("--quick", action="store_true", help="the default configuration only")
+    p.add_argument("--quick-gelu", action="store_true", help="also time each kernel with QuickGELU's epilogue")
+    p.add_argument("--no-mlp", action="store_true", help="leave out the whole compiled MLP (under torch 2.11 "
+                   "torch.compile fails on the TMA kernel's descriptors: docs/benchmarks.md, part 98)")
     args = p.parse_args()
     rows = {}
     for name, (M, C) in SHAPES.items():
         print(name, flush=True)
         configs = [("tma", c) for c in TMA_CONFIGS] + [("pointers", c) for c in CONFIGS]
         configs = configs[:1] if args.quick else configs
-        rows[name] = kernels(M, C, configs)
-        rows[name]["mlp"] = whole_mlp(M, C)
-        r = rows[name]
+        rows[name] = r = kernels(M, C, configs, args.quick_gelu)
+        if not args.no_mlp:
+            r["mlp"] = whole_mlp(M, C)
         best = min((c for c in r["configs"] if "error" not in c), key=lambda c: c["forward_ms"] + c["backward_ms"])
         print(f"{name}: current fwd {r['forward_current_ms']:.3f} (cuBLAS product {r['cublas_product_ms']:.3f}) "
               f"bwd {r['backward_current_ms']:.3f} | best {best['kernel']} {best['config']} fwd {best['forward_ms']:.3f} "
-              f"bwd {best['backward_ms']:.3f} | whole MLP current {r['mlp']['current_ms']:.3f} "
-              f"fused {r['mlp']['fused_ms']:.3f} ms", flush=True)
-        print(f"  errors of the best: h {best['h']} act {best['act']} grad_h {best['grad_h']} "
-              f"bias {best['bias_grad']}; whole MLP gradients {r['mlp']['grad_error']}", flush=True)
+              f"bwd {best['backward_ms']:.3f} ms", flush=True)
+        print(f"  errors of the best: h {best['h']} act {best['act']} grad_h {best['grad_h']} bias {best['bias_grad']}")
+        if "mlp" in r:
+            print(f"  whole MLP compiled: current {r['mlp']['current_ms']:.3f} fused {r['mlp']['fused_ms']:.3f} ms; "
+                  f"gradients {r['mlp']['grad_error']}", flush=True)
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
 

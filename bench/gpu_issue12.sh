@@ -180,6 +180,8 @@
 #                                                   against cuBLAS products and bias_activation's passes, at five shapes
 #                                                   (part 97 ran its first form: one tile a program, timed call by call)
 #   bash bench/gpu_issue12.sh 98 DATA_DIR OUT_DIR  # the same with the persistent TMA kernel, timed in CUDA graphs
+#   bash bench/gpu_issue12.sh 99 DATA_DIR OUT_DIR  # part 98 without the whole MLP (which failed to compile), with
+#                                                   QuickGELU's cheaper epilogue beside GELU's
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -258,6 +260,8 @@ fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:
 case $PART in
 97|98)
   timeout 560 $PY bench/fused_mlp.py --json "$O/fused_mlp.json" 2>&1 | quiet ;;
+99)
+  timeout 560 $PY bench/fused_mlp.py --no-mlp --quick-gelu --json "$O/fused_mlp.json" 2>&1 | quiet ;;
 81)
   checks 200 --only "fused backward"
   cp "$O/gpu_checks.json" "$O/gpu_checks_fused_backward.json"
