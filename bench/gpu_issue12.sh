@@ -176,12 +176,9 @@
 #                                                   twice and true, weights compared; then compiled with it
 #   bash bench/gpu_issue12.sh 96 DATA_DIR OUT_DIR  # part 95 was refused (no 2-GPU machine lent): two DDP processes (gloo)
 #                                                   sharing the one GPU, text_stream on and off, weights compared
-#   bash bench/gpu_issue12.sh 97 DATA_DIR OUT_DIR  # the MLP's activation in its products' epilogues (models/fused_mlp.py)
-#                                                   against cuBLAS products and bias_activation's passes, at five shapes
-#                                                   (part 97 ran its first form: one tile a program, timed call by call)
-#   bash bench/gpu_issue12.sh 98 DATA_DIR OUT_DIR  # the same with the persistent TMA kernel, timed in CUDA graphs
-#   bash bench/gpu_issue12.sh 99 DATA_DIR OUT_DIR  # part 98 without the whole MLP (which failed to compile), with
-#                                                   QuickGELU's cheaper epilogue beside GELU's
+# Parts 97-99 (bench/fused_mlp.py: the MLP's activation in its products' epilogues, models/fused_mlp.py's Triton
+# kernels against cuBLAS with the separate passes) ran at commit a246674 as `bash bench/gpu_issue12.sh 97|98|99 ...`;
+# the kernels were removed after them (slower at the image towers' shapes), so those parts run only there.
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -258,10 +255,6 @@ checks() { timeout "$1" $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
-97|98)
-  timeout 560 $PY bench/fused_mlp.py --json "$O/fused_mlp.json" 2>&1 | quiet ;;
-99)
-  timeout 560 $PY bench/fused_mlp.py --no-mlp --quick-gelu --json "$O/fused_mlp.json" 2>&1 | quiet ;;
 81)
   checks 200 --only "fused backward"
   cp "$O/gpu_checks.json" "$O/gpu_checks_fused_backward.json"
