@@ -179,6 +179,8 @@
 # Parts 97-99 (bench/fused_mlp.py: the MLP's activation in its products' epilogues, models/fused_mlp.py's Triton
 # kernels against cuBLAS with the separate passes) ran at commit a246674 as `bash bench/gpu_issue12.sh 97|98|99 ...`;
 # the kernels were removed after them (slower at the image towers' shapes), so those parts run only there.
+#   bash bench/gpu_issue12.sh 100 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths, the default compiled step and
+#                                                    text_stream's: GPU time by kernel, with calls a step
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -255,6 +257,9 @@ checks() { timeout "$1" $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
+100)
+  timeout 400 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --top 70 \
+      --variants clipscratch:packed clipscratch:packed:streams --json "$O/profile_b16_flickr_calls.json" 2>&1 | quiet ;;
 81)
   checks 200 --only "fused backward"
   cp "$O/gpu_checks.json" "$O/gpu_checks_fused_backward.json"

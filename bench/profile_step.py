@@ -7,7 +7,9 @@ The step is bench/train_step.py's (real caption lengths, bf16, fused AdamW, the 
 compiled and warmed up, then 4 steps under torch.profiler. Kernels are grouped into matrix
 products (cuBLAS/CUTLASS), attention (flash), Inductor's fused kernels (LayerNorm, GELU,
 residuals, optimizer) and the rest; the table gives milliseconds per step for each group and
-the most expensive kernels (--top, 12 by default).
+the most expensive kernels (--top, 12 by default) with their calls a step; the JSON also splits
+Inductor's kernels by the operations their names list (LayerNorm backward, LayerNorm, activation,
+sums, other).
 """
 import argparse
 import collections
@@ -33,6 +35,16 @@ def kind(name: str) -> str:
     return "other"
 
 
+def inductor_group(name: str) -> str:
+    """What an Inductor kernel does, from the ops its name lists (LayerNorm backward before forward)."""
+    n = name.lower()
+    for group, marks in (("layer norm backward", ("layer_norm_backward",)), ("layer norm", ("layer_norm",)),
+                         ("activation", ("gelu", "sigmoid")), ("sums", ("_sum",))):
+        if any(m in n for m in marks):
+            return group
+    return "other"
+
+
 def profile_variant(variant, name, batches, steps=4, top=12):
     step, model, optimizer, images, tokens = setup(variant, name, batches, compiled=True)
     step = step if step.split else torch.compile(step)  # :towers and :streams compile each tower alone
@@ -43,18 +55,23 @@ def profile_variant(variant, name, batches, steps=4, top=12):
         for i in range(steps):
             step(images, tokens[i % len(tokens)])
         torch.cuda.synchronize()
-    per_kind, per_kernel = collections.Counter(), collections.Counter()
+    per_kind, per_kernel, calls, per_group = (collections.Counter() for _ in range(4))
     for e in prof.key_averages():
         us = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
         if us <= 0 or e.key.startswith("ProfilerStep"):
             continue
         per_kind[kind(e.key)] += us / 1000 / steps
         per_kernel[e.key[:90]] += us / 1000 / steps
+        calls[e.key[:90]] += e.count / steps
+        if kind(e.key) == "inductor fused":
+            per_group[inductor_group(e.key)] += us / 1000 / steps
     del model, optimizer, step
     torch._dynamo.reset()
     torch.cuda.empty_cache()
     return {"variant": variant, "model": name, "ms_per_step_by_kind": dict(per_kind),
-            "gpu_ms_per_step": sum(per_kind.values()), "top_kernels_ms": dict(per_kernel.most_common(top))}
+            "gpu_ms_per_step": sum(per_kind.values()), "top_kernels_ms": dict(per_kernel.most_common(top)),
+            "top_kernels_calls_per_step": {k: calls[k] for k, _ in per_kernel.most_common(top)},
+            "inductor_ms_by_group": dict(per_group)}
 
 
 def main():
