@@ -6,10 +6,10 @@
 The step is bench/train_step.py's (real caption lengths, bf16, fused AdamW, the CLIP loss),
 compiled and warmed up, then 4 steps under torch.profiler. Kernels are grouped into matrix
 products (cuBLAS/CUTLASS), attention (flash), Inductor's fused kernels (LayerNorm, GELU,
-residuals, optimizer) and the rest; the table gives milliseconds per step for each group and
-the most expensive kernels (--top, 12 by default) with their calls a step; the JSON also splits
-Inductor's kernels by the operations their names list (LayerNorm backward, LayerNorm, activation,
-sums, other).
+residuals, optimizer) and the rest; the table gives milliseconds per step for each group, the
+JSON also the most expensive kernels (--top, 12 by default) with their calls a step, and
+Inductor's kernels split by the operations their names list (LayerNorm backward, LayerNorm,
+activation, sums, other).
 """
 import argparse
 import collections
@@ -60,17 +60,19 @@ def profile_variant(variant, name, batches, steps=4, top=12):
         us = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
         if us <= 0 or e.key.startswith("ProfilerStep"):
             continue
-        per_kind[kind(e.key)] += us / 1000 / steps
-        per_kernel[e.key[:90]] += us / 1000 / steps
-        calls[e.key[:90]] += e.count / steps
-        if kind(e.key) == "inductor fused":
-            per_group[inductor_group(e.key)] += us / 1000 / steps
+        ms, group, key = us / 1000 / steps, kind(e.key), e.key[:90]
+        per_kind[group] += ms
+        per_kernel[key] += ms
+        calls[key] += e.count / steps
+        if group == "inductor fused":
+            per_group[inductor_group(e.key)] += ms
+    top_kernels = per_kernel.most_common(top)
     del model, optimizer, step
     torch._dynamo.reset()
     torch.cuda.empty_cache()
     return {"variant": variant, "model": name, "ms_per_step_by_kind": dict(per_kind),
-            "gpu_ms_per_step": sum(per_kind.values()), "top_kernels_ms": dict(per_kernel.most_common(top)),
-            "top_kernels_calls_per_step": {k: calls[k] for k, _ in per_kernel.most_common(top)},
+            "gpu_ms_per_step": sum(per_kind.values()), "top_kernels_ms": dict(top_kernels),
+            "top_kernels_calls_per_step": {k: calls[k] for k, _ in top_kernels},
             "inductor_ms_by_group": dict(per_group)}
 
 
