@@ -181,6 +181,11 @@
 # the kernels were removed after them (slower at the image towers' shapes), so those parts run only there.
 #   bash bench/gpu_issue12.sh 100 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths, the default compiled step and
 #                                                    text_stream's: GPU time by kernel, with calls a step
+#   bash bench/gpu_issue12.sh 101 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths: open_clip, the default compiled step,
+#                                                    the same with Inductor's coordinate-descent tuning (:tuned)
+#   bash bench/gpu_issue12.sh 102 DATA_DIR OUT_DIR  # the same with text_stream, tuned and not, then tuned alone again
+#   bash bench/gpu_issue12.sh 103 DATA_DIR OUT_DIR  # text_stream under DDP: two gloo processes sharing the GPU and one
+#                                                    NCCL process, each with the probe of where the all-reduces start
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -257,6 +262,16 @@ checks() { timeout "$1" $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
+101)
+  timeout 590 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_tuned.json" --variants open_clip clipscratch:packed clipscratch:packed:tuned 2>&1 | quiet ;;
+102)
+  timeout 590 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_tuned_streams.json" --variants clipscratch:packed:streams:tuned clipscratch:packed:streams \
+      clipscratch:packed:tuned 2>&1 | quiet ;;
+103)
+  timeout 250 $PY bench/ddp_stream_check.py --steps 6 2>&1 | quiet
+  timeout 200 $PY bench/ddp_stream_check.py --steps 6 --backend nccl --procs 1 2>&1 | quiet ;;
 100)
   timeout 400 $PY bench/profile_step.py --captions "$FLICKR" --model ViT-B-16 --top 70 \
       --variants clipscratch:packed clipscratch:packed:streams --json "$O/profile_b16_flickr_calls.json" 2>&1 | quiet ;;

@@ -33,6 +33,9 @@ rotated), tokenised; the two implementations see the same tokens:
                        so that its small kernels (forward, and by autograd's stream rule its backward)
                        can run beside the image tower's; compiled, the towers apart as with :towers
                        (train.py's text_stream=true); :streams-high on a high-priority stream
+  ...:tuned            Inductor's coordinate-descent tuning of its own Triton kernels (LayerNorm, GELU,
+                       residual adds, reductions: block sizes and warps tried around its heuristic's
+                       pick; torch._inductor.config.coordinate_descent_tuning) while the variant compiles
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
@@ -54,6 +57,7 @@ import sys
 import time
 
 import torch
+import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 from torch.nn.attention import sdpa_kernel
@@ -262,8 +266,10 @@ def main():
                 variant, _, how = spec.partition("@")
                 mode = how if how not in ("", "eager") else None
                 for compiled in ([True, False] if args.eager else [how != "eager"]):
+                    tuned = "tuned" in variant.split(":")[1:]
                     try:
-                        r = measure(variant, name, batches, compiled, args.warmup_rounds, args.iters, mode)
+                        with inductor_config.patch(coordinate_descent_tuning=tuned):  # read as the step compiles
+                            r = measure(variant, name, batches, compiled, args.warmup_rounds, args.iters, mode)
                     except Exception as e:  # report and go on with the other variants
                         print(f"{variant} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
                         continue
