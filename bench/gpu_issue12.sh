@@ -183,7 +183,8 @@
 #                                                    text_stream's: GPU time by kernel, with calls a step
 #   bash bench/gpu_issue12.sh 101 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths: open_clip, the default compiled step,
 #                                                    the same with Inductor's coordinate-descent tuning (:tuned)
-#   bash bench/gpu_issue12.sh 102 DATA_DIR OUT_DIR  # the same with text_stream, tuned and not, then tuned alone again
+#   bash bench/gpu_issue12.sh 102 DATA_DIR OUT_DIR  # the same with text_stream, tuned and not, then tuned alone again (not
+#                                                    run: part 101's tuning found nothing)
 #   bash bench/gpu_issue12.sh 103 DATA_DIR OUT_DIR  # text_stream under DDP: two gloo processes sharing the GPU and one
 #                                                    NCCL process, each with the probe of where the all-reduces start
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).

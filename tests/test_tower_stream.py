@@ -128,3 +128,14 @@ def test_training_compiles_the_towers_apart_for_the_text_stream(overrides, whole
     assert (model is core) == (not whole)
     assert (core._compiled_encoders is not None) == towers
     assert core.text_stream == stream
+
+
+@pytest.mark.parametrize("processes, switched", [(1, []), (2, [False])])
+def test_ddp_runs_silence_the_accumulate_grad_stream_warning_they_rely_on(monkeypatch, processes, switched):
+    calls = []
+    monkeypatch.setattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", calls.append,
+                        raising=False)
+    tower_stream.expect_ddp_accumulation(processes)
+    assert calls == switched
+    monkeypatch.delattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch")
+    tower_stream.expect_ddp_accumulation(processes)  # a torch without the switch: nothing to do

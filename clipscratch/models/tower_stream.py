@@ -15,6 +15,14 @@ The synchronisation, in ``run_beside``:
   ``backward()`` wait for the gradients of leaves (docs: "Stream semantics of backward passes");
 - the caching allocator learns which stream reads what it did not allocate (``record_stream``),
   so that no block is handed out again while the other stream may still read it.
+
+Under DistributedDataParallel the reducer keeps each parameter's AccumulateGrad node from its
+construction, made on the stream current then (the main one). So autograd accumulates the text
+tower's gradients on the main stream after waiting for the side stream, and the reducer's bucket
+copies and all-reduces (which wait on the current stream, with NCCL and gloo alike) follow them:
+every all-reduce started on the main stream and the weights equalled one stream's, bit for bit
+(docs/benchmarks.md, part 103). Autograd warns once a process of the stream mismatch this is
+built on; ``expect_ddp_accumulation`` silences that warning for training with more than one process.
 """
 from __future__ import annotations
 
@@ -42,6 +50,15 @@ def _tensors(x) -> Iterable[torch.Tensor]:
 def keep_for(tensor: torch.Tensor, stream) -> None:
     """The allocator keeps ``tensor``'s memory until ``stream``'s work queued so far is done."""
     tensor.record_stream(stream)
+
+
+def expect_ddp_accumulation(processes: int) -> None:
+    """With more than one process (DDP), silence autograd's warning that the text parameters'
+    AccumulateGrad nodes run on the main stream, not their gradients' side stream: the module
+    docstring's ordering relies on it. Torch releases without the switch do not warn either."""
+    quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", None)
+    if processes > 1 and quiet is not None:
+        quiet(False)
 
 
 def run_beside(side, text_fn: Callable, tokens, image_fn: Callable, images: torch.Tensor):

@@ -89,7 +89,8 @@ class TrainConfig:
     cuda_graphs: bool = False
     # on a CUDA GPU: the text tower on a side CUDA stream beside the image tower (models/tower_stream.py), the same
     # kernels; with compile, each tower is compiled apart (the loss stays eager), not with cuda_graphs. ViT-B/16 steps
-    # 1.3-1.6% faster compiled, 5% eager; ViT-B/32's launch-bound compiled step 17% slower (docs/benchmarks.md, 90-96)
+    # 1.3-1.6% faster compiled, 5% eager; ViT-B/32's launch-bound compiled step 17% slower (docs/benchmarks.md, 90-96);
+    # under DDP the text's gradients are accumulated and all-reduced on the main stream (part 103)
     text_stream: bool = False
     freeze: List[str] = field(default_factory=list)  # parts or parameter patterns (models/parts.py), e.g. "image" for LiT
     seed: int = 0

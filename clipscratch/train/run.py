@@ -30,6 +30,7 @@ from ..loading import load
 from ..loss import make_loss
 from ..models import create_model
 from ..models.packing import pack_tokens
+from ..models.tower_stream import expect_ddp_accumulation
 from ..transforms import image_transform
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
@@ -79,6 +80,8 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)  # the CLIP itself: checkpoints and evaluators use it
     model = compile_for_training(model, core, cfg)
+    if cfg.text_stream:
+        expect_ddp_accumulation(world)  # DDP accumulates the text's gradients on the main stream (tower_stream.py)
     bucket = 256 if cfg.cuda_graphs else 0  # packed text filled to a few shapes: one graph recording each
     pack = functools.partial(pack_tokens, bucket=bucket, context_length=context_length) if cfg.pack_text else None
 
