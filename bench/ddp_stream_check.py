@@ -22,6 +22,7 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import clipscratch  # noqa: E402
@@ -40,8 +41,6 @@ def weights(model) -> torch.Tensor:
 
 def probe_hook(on_default: list, bucket):
     """DDP's own all-reduce (averaged) of ``bucket``, noting first whether it is issued on the default stream."""
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
     on_default.append(torch.cuda.current_stream() == torch.cuda.default_stream() if bucket.buffer().is_cuda else None)
     return default_hooks.allreduce_hook(None, bucket)
 
