@@ -16,7 +16,16 @@
      ... fast-accum the same, cuBLAS's fast FP8 accumulation
      fp8 rowwise    forward and input gradient with per-row scales, which Inductor can fuse into the kernel that
                     produces the input (LayerNorm, GELU) as one more row reduction
-Milliseconds, median of 20 after warm-up; x 12 layers for a ViT-B/16 step.
+     fp8 delayed    forward and input gradient in FP8 with per-tensor scales from the previous step's absolute
+                    maxima (delayed scaling): the casts are pointwise, so Inductor can fuse them into the kernels
+                    that produce the operands (LayerNorm, GELU, their backward); this step's maxima are taken
+                    beside them for the next step. The weight gradient in bf16, the bias in the FP8 product
+     ... fast-accum the same, cuBLAS's fast FP8 accumulation
+     ... all three  the weight gradient in FP8 too, from transposed FP8 copies of x and the output gradient
+     ... row-amax   the maxima for the next step taken as the maximum of each row's
+Milliseconds, median of 20 after warm-up; x 12 layers for a ViT-B/16 step. Each recipe's block output
+and input gradient are compared with the first recipe's (relative distance; the same weights and data);
+``--profile N`` records each recipe's N costliest kernels.
 """
 import argparse
 import json
@@ -95,7 +104,106 @@ class _ForwardDgradFP8(torch.autograd.Function):
         return grad_x.view(ctx.shape), grad_w.to(weight.dtype), g2.float().sum(0).to(weight.dtype), None, None
 
 
-def block_rows():
+E5M2 = torch.float8_e5m2
+
+
+def _saturate(t, scale, dtype):
+    """t / scale in ``dtype``, clamped to its range: a scale from an earlier step may be too small."""
+    top = torch.finfo(dtype).max
+    return (t.float() / scale).clamp(-top, top).to(dtype)
+
+
+class DelayedScales:
+    """One projection's delayed scaling: the scales its input and output gradient are cast with
+    (this step), and where this step's absolute maxima come back (for the next one). The output
+    gradient's maximum returns as the gradient of ``grad_amax`` (a backward can return no other)."""
+
+    def __init__(self, device):
+        self.x_scale = torch.ones((), device=device)
+        self.grad_scale = torch.ones((), device=device)
+        self.grad_amax = torch.zeros((), device=device, requires_grad=True)
+        self.x_amax = None
+
+    @torch.no_grad()
+    def update(self):
+        """This step's maxima become the next step's scales."""
+        self.x_scale.copy_(self.x_amax.float().clamp_min(1e-12) / torch.finfo(E4M3).max)
+        self.grad_scale.copy_(self.grad_amax.grad.clamp_min(1e-12) / torch.finfo(E5M2).max)
+        self.grad_amax.grad = None
+
+
+def _amax(t, by_rows):
+    """The absolute maximum of t [M, K]; ``by_rows``: as the maximum of each row's, a reduction over the
+    rows of the kernel that produces t, which Inductor can fuse into it."""
+    return t.abs().amax(dim=1).amax() if by_rows else t.abs().amax()
+
+
+class _DelayedFP8(torch.autograd.Function):
+    """y = x W^T + b, the forward and the input gradient in FP8 with delayed per-tensor scales
+    (``DelayedScales``), the weight gradient in bf16 from the saved bf16 input."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, x_scale, grad_scale, grad_amax, fast, wgrad_fp8, row_amax):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # [M, K]
+        x8 = _saturate(x2, x_scale, E4M3)
+        w8, sw = _tensorwise(weight)  # [N, K]: the weight's own maximum, a small tensor
+        y = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=sw, bias=bias.to(torch.bfloat16),
+                             out_dtype=torch.bfloat16, use_fast_accum=fast)  # [M, N]
+        x_amax = _amax(x2, row_amax)
+        ctx.mark_non_differentiable(x_amax)
+        # the weight gradient's second operand: x in FP8, column-major [M, K] (a transposed copy), or x in bf16
+        saved_x = x8.t().contiguous().t() if wgrad_fp8 else x2
+        ctx.save_for_backward(saved_x, weight, x_scale, grad_scale)
+        ctx.shape, ctx.fast, ctx.wgrad_fp8, ctx.row_amax = shape, fast, wgrad_fp8, row_amax
+        return y.view(*shape[:-1], -1), x_amax
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        saved_x, weight, x_scale, grad_scale = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1]).to(torch.bfloat16)  # [M, N]
+        g8 = _saturate(g2, grad_scale, E5M2)
+        wt8, swt = _tensorwise(weight.t().contiguous())  # [K, N]
+        grad_x = torch._scaled_mm(g8, wt8.t(), scale_a=grad_scale, scale_b=swt, out_dtype=torch.bfloat16,
+                                  use_fast_accum=ctx.fast)  # [M, K]
+        if ctx.wgrad_fp8:  # [N, M] row-major (a transposed copy) x [M, K] column-major
+            grad_w = torch._scaled_mm(g8.t().contiguous(), saved_x, scale_a=grad_scale, scale_b=x_scale,
+                                      out_dtype=torch.float32)  # [N, K]
+        else:
+            grad_w = g2.t() @ saved_x  # [N, K] in bf16
+        return (grad_x.view(ctx.shape), grad_w.to(weight.dtype), g2.float().sum(0).to(weight.dtype), None, None,
+                _amax(g2, ctx.row_amax).float(), None, None, None)
+
+
+def delayed_recipe(scales, fast, wgrad_fp8=False, row_amax=False):
+    """A ``layers.linear`` stand-in: each weight's projection through _DelayedFP8 with its own scales."""
+
+    def linear(x, weight, bias, fp8=False):
+        s = scales[weight]
+        y, s.x_amax = _DelayedFP8.apply(x, weight, bias, s.x_scale, s.grad_scale, s.grad_amax, fast, wgrad_fp8, row_amax)
+        return y
+
+    return linear
+
+
+def top_kernels(step, top, steps=4):
+    """{kernel name (90 characters): GPU ms a call of ``step``} for its ``top`` kernels by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    per_kernel = {}
+    for e in prof.key_averages():
+        us = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+        if us > 0:
+            per_kernel[e.key[:90]] = per_kernel.get(e.key[:90], 0.0) + us / 1000 / steps
+    return dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top])
+
+
+def block_rows(names, profile_top=0):
     from clipscratch.models import layers
 
     plain = layers.linear
@@ -105,14 +213,28 @@ def block_rows():
         "fp8 fwd+dgrad": lambda x, w, b, fp8=False: _ForwardDgradFP8.apply(x, w, b, False, False),
         "fp8 fwd+dgrad fast-accum": lambda x, w, b, fp8=False: _ForwardDgradFP8.apply(x, w, b, False, True),
         "fp8 rowwise": lambda x, w, b, fp8=False: _ForwardDgradFP8.apply(x, w, b, True, False),
+        "fp8 delayed": None,
+        "fp8 delayed fast-accum": None,
+        "fp8 delayed all three": None,
+        "fp8 delayed fast-accum row-amax": None,
+        "fp8 delayed all three row-amax": None,
     }
-    rows = []
-    for name, recipe in recipes.items():
+    unknown = set(names) - set(recipes)
+    if unknown:
+        raise SystemExit(f"unknown recipes {sorted(unknown)}; choose from {list(recipes)}")
+    rows, reference = [], None
+    for name in names:
         torch.manual_seed(0)
-        layers.linear = recipe
         tower = layers.Transformer(WIDTH, 1, 12, 4.0, "gelu")
         tower.init_weights()
         block = tower.resblocks[0].cuda()
+        scales = {}
+        if name.startswith("fp8 delayed"):
+            scales = {p: DelayedScales("cuda") for n, p in block.named_parameters() if p.dim() == 2}
+            layers.linear = delayed_recipe(scales, fast="fast-accum" in name, wgrad_fp8="all three" in name,
+                                           row_amax="row-amax" in name)
+        else:
+            layers.linear = recipes[name]
         x = torch.randn(256, 197, WIDTH, device="cuda", requires_grad=True)
         grad = torch.randn(256, 197, WIDTH, device="cuda")
 
@@ -124,25 +246,33 @@ def block_rows():
 
         def step():
             compiled(x).backward(grad)
+            for s in scales.values():
+                s.update()
 
         ms = median_ms(step)
+        x.grad = None
+        step()  # one more, for the input's gradient alone
         with torch.no_grad():
             y = compiled(x).float()
-        rows.append({"recipe": name, "block_ms": ms, "step_ms": ms * LAYERS,
-                     "out_rms": float(y.pow(2).mean().sqrt())})
+        row = {"recipe": name, "block_ms": ms, "step_ms": ms * LAYERS, "out_rms": float(y.pow(2).mean().sqrt())}
+        if reference is None:
+            reference = (y, x.grad.clone())
+        else:  # relative RMS distance of the output and the input's gradient from the first recipe's
+            row["out_rel_diff"] = float((y - reference[0]).norm() / reference[0].norm())
+            row["grad_rel_diff"] = float((x.grad - reference[1]).norm() / reference[1].norm())
+        if profile_top:
+            row["top_kernels_ms"] = top_kernels(step, profile_top)
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
         layers.linear = plain
-        del tower, block, compiled, x, grad, y
+        del tower, block, compiled, x, grad, y, scales
         torch._dynamo.reset()
     return rows
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "fp8_ceiling.json"))
-    p.add_argument("--skip-blocks", action="store_true")
-    args = p.parse_args()
-    products = product_rows()
+def print_products(products):
+    """Print the product rows as a table; return their totals over a step's layers (all three
+    products, and the forward and input gradient alone), one per column."""
     print("\n| projection | product | bf16 ms | fp8 tensor | fp8 tensor fast-accum | fp8 rowwise |")
     print("|---|---|---|---|---|---|")
     for r in products:
@@ -151,12 +281,30 @@ def main():
     fwd_dgrad = [LAYERS * sum(r[i] for r in products if r[1] != "wgrad") for i in range(2, 6)]
     print("| all, x12 layers | | " + " | ".join(f"{t:.1f}" for t in totals) + " |")
     print("| fwd+dgrad, x12 | | " + " | ".join(f"{t:.1f}" for t in fwd_dgrad) + " |")
-    blocks = [] if args.skip_blocks else block_rows()
+    return totals, fwd_dgrad
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "fp8_ceiling.json"))
+    p.add_argument("--skip-blocks", action="store_true")
+    p.add_argument("--skip-products", action="store_true")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also record each recipe's N costliest GPU kernels (ms a block)")
+    p.add_argument("--recipes", nargs="+", default=["bf16", "fp8", "fp8 fwd+dgrad", "fp8 fwd+dgrad fast-accum",
+                                                      "fp8 rowwise"], help="block recipes to time (module docstring)")
+    args = p.parse_args()
+    products = [] if args.skip_products else product_rows()
+    totals, fwd_dgrad = print_products(products) if products else ([], [])
+    blocks = [] if args.skip_blocks else block_rows(args.recipes, args.profile)
     if blocks:
-        print("\n| block recipe | ms a block (fwd+bwd) | x12 layers | vs bf16 |")
-        print("|---|---|---|---|")
+        print(f"\n| block recipe | ms a block (fwd+bwd) | x12 layers | vs {blocks[0]['recipe']} | output, input gradient: "
+              "relative distance from it |")
+        print("|---|---|---|---|---|")
         for r in blocks:
-            print(f"| {r['recipe']} | {r['block_ms']:.3f} | {r['step_ms']:.1f} | {blocks[0]['block_ms'] / r['block_ms']:.2f}x |")
+            diff = f"{r['out_rel_diff']:.2e}, {r['grad_rel_diff']:.2e}" if "out_rel_diff" in r else ""
+            print(f"| {r['recipe']} | {r['block_ms']:.3f} | {r['step_ms']:.1f} | {blocks[0]['block_ms'] / r['block_ms']:.2f}x "
+                  f"| {diff} |")
     with open(args.json, "w") as f:
         json.dump({"products": products, "product_totals_ms": totals, "fwd_dgrad_totals_ms": fwd_dgrad,
                    "blocks": blocks}, f, indent=1)
