@@ -36,6 +36,9 @@ rotated), tokenised; the two implementations see the same tokens:
   ...:tuned            Inductor's coordinate-descent tuning of its own Triton kernels (LayerNorm, GELU,
                        residual adds, reductions: block sizes and warps tried around its heuristic's
                        pick; torch._inductor.config.coordinate_descent_tuning) while the variant compiles
+  ...:combo            Inductor's combo kernels: kernels that do not depend on each other (the two towers'
+                       LayerNorms, GELUs, residual adds ...) launched as one (torch._inductor.config.
+                       combo_kernels, experimental); :combo-bench keeps only those its benchmark finds faster
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
@@ -176,6 +179,16 @@ def setup(variant, name, batches, bucket=0, compiled=False):
     return step, model, optimizer, images, tokens
 
 
+def inductor_options(variant: str) -> dict:
+    """The Inductor settings a variant's options ask for (:tuned, :combo, :combo-bench), for the compile."""
+    options = variant.split(":")[1:]
+    patch = {"coordinate_descent_tuning": "tuned" in options}
+    if "combo" in options or "combo-bench" in options:
+        patch["combo_kernels"] = True
+        patch["benchmark_combo_kernel"] = "combo-bench" in options
+    return patch
+
+
 def measure(variant, name, batches, compiled, warmup_rounds, iters, mode=None):
     graphs = compiled and mode == "reduce-overhead"
     step, model, optimizer, images, tokens = setup(variant, name, batches, bucket=256 if graphs else 0, compiled=compiled)
@@ -266,9 +279,8 @@ def main():
                 variant, _, how = spec.partition("@")
                 mode = how if how not in ("", "eager") else None
                 for compiled in ([True, False] if args.eager else [how != "eager"]):
-                    tuned = "tuned" in variant.split(":")[1:]
                     try:
-                        with inductor_config.patch(coordinate_descent_tuning=tuned):  # read as the step compiles
+                        with inductor_config.patch(inductor_options(variant)):  # read as the step compiles
                             r = measure(variant, name, batches, compiled, args.warmup_rounds, args.iters, mode)
                     except Exception as e:  # report and go on with the other variants
                         print(f"{variant} {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
