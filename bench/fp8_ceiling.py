@@ -23,6 +23,8 @@
      ... fast-accum the same, cuBLAS's fast FP8 accumulation
      ... all three  the weight gradient in FP8 too, from transposed FP8 copies of x and the output gradient
      ... row-amax   the maxima for the next step taken as the maximum of each row's
+     ... fc1, mlp   FP8 for the MLP's first projection only (with --fused its output gradient comes from
+                    train.py's one-pass MLP backward kernel), or for both of the MLP's; the others in bf16
 Milliseconds, median of 20 after warm-up; x 12 layers for a ViT-B/16 step. Each recipe's block output
 and input gradient are compared with the first recipe's (relative distance; the same weights and data);
 ``--profile N`` records each recipe's N costliest kernels.
@@ -148,14 +150,14 @@ class _DelayedFP8(torch.autograd.Function):
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # [M, K]
         x8 = _saturate(x2, x_scale, E4M3)
         w8, sw = _tensorwise(weight)  # [N, K]: the weight's own maximum, a small tensor
-        y = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=sw, bias=bias.to(torch.bfloat16),
+        y = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=sw, bias=None if bias is None else bias.to(torch.bfloat16),
                              out_dtype=torch.bfloat16, use_fast_accum=fast)  # [M, N]
         x_amax = _amax(x2, row_amax)
         ctx.mark_non_differentiable(x_amax)
         # the weight gradient's second operand: x in FP8, column-major [M, K] (a transposed copy), or x in bf16
         saved_x = x8.t().contiguous().t() if wgrad_fp8 else x2
         ctx.save_for_backward(saved_x, weight, x_scale, grad_scale)
-        ctx.shape, ctx.fast, ctx.wgrad_fp8, ctx.row_amax = shape, fast, wgrad_fp8, row_amax
+        ctx.shape, ctx.fast, ctx.wgrad_fp8, ctx.row_amax, ctx.has_bias = shape, fast, wgrad_fp8, row_amax, bias is not None
         return y.view(*shape[:-1], -1), x_amax
 
     @staticmethod
@@ -171,14 +173,19 @@ class _DelayedFP8(torch.autograd.Function):
                                       out_dtype=torch.float32)  # [N, K]
         else:
             grad_w = g2.t() @ saved_x  # [N, K] in bf16
-        return (grad_x.view(ctx.shape), grad_w.to(weight.dtype), g2.float().sum(0).to(weight.dtype), None, None,
+        grad_b = g2.float().sum(0).to(weight.dtype) if ctx.has_bias else None
+        return (grad_x.view(ctx.shape), grad_w.to(weight.dtype), grad_b, None, None,
                 _amax(g2, ctx.row_amax).float(), None, None, None)
 
 
 def delayed_recipe(scales, fast, wgrad_fp8=False, row_amax=False):
-    """A ``layers.linear`` stand-in: each weight's projection through _DelayedFP8 with its own scales."""
+    """A ``layers.linear`` stand-in: the projection of each weight in ``scales`` through _DelayedFP8
+    with its own scales, the others in bf16."""
+    plain = torch.nn.functional.linear
 
     def linear(x, weight, bias, fp8=False):
+        if weight not in scales:
+            return plain(x, weight, bias)
         s = scales[weight]
         y, s.x_amax = _DelayedFP8.apply(x, weight, bias, s.x_scale, s.grad_scale, s.grad_amax, fast, wgrad_fp8, row_amax)
         return y
@@ -203,7 +210,7 @@ def top_kernels(step, top, steps=4):
     return dict(sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top])
 
 
-def block_rows(names, profile_top=0):
+def block_rows(names, profile_top=0, fused=False):
     from clipscratch.models import layers
 
     plain = layers.linear
@@ -218,6 +225,8 @@ def block_rows(names, profile_top=0):
         "fp8 delayed all three": None,
         "fp8 delayed fast-accum row-amax": None,
         "fp8 delayed all three row-amax": None,
+        "fp8 delayed fast-accum fc1": None,
+        "fp8 delayed fast-accum mlp": None,
     }
     unknown = set(names) - set(recipes)
     if unknown:
@@ -228,9 +237,12 @@ def block_rows(names, profile_top=0):
         tower = layers.Transformer(WIDTH, 1, 12, 4.0, "gelu")
         tower.init_weights()
         block = tower.resblocks[0].cuda()
+        block.mlp.fused_activation = block.attn.fused_qkv = fused
         scales = {}
         if name.startswith("fp8 delayed"):
-            scales = {p: DelayedScales("cuda") for n, p in block.named_parameters() if p.dim() == 2}
+            chosen = {"fc1": ("mlp.c_fc.",), "mlp": ("mlp.c_fc.", "mlp.c_proj.")}.get(name.split()[-1], ("",))
+            scales = {p: DelayedScales("cuda") for n, p in block.named_parameters()
+                      if p.dim() == 2 and n.startswith(chosen)}
             layers.linear = delayed_recipe(scales, fast="fast-accum" in name, wgrad_fp8="all three" in name,
                                            row_amax="row-amax" in name)
         else:
@@ -291,12 +303,15 @@ def main():
     p.add_argument("--skip-products", action="store_true")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also record each recipe's N costliest GPU kernels (ms a block)")
+    p.add_argument("--fused", action="store_true",
+                   help="the block with train.py's one-pass backward kernels (fused_activation, fused_qkv); the "
+                        "q/k/v projection then stays in bf16 in every recipe")
     p.add_argument("--recipes", nargs="+", default=["bf16", "fp8", "fp8 fwd+dgrad", "fp8 fwd+dgrad fast-accum",
                                                       "fp8 rowwise"], help="block recipes to time (module docstring)")
     args = p.parse_args()
     products = [] if args.skip_products else product_rows()
     totals, fwd_dgrad = print_products(products) if products else ([], [])
-    blocks = [] if args.skip_blocks else block_rows(args.recipes, args.profile)
+    blocks = [] if args.skip_blocks else block_rows(args.recipes, args.profile, args.fused)
     if blocks:
         print(f"\n| block recipe | ms a block (fwd+bwd) | x12 layers | vs {blocks[0]['recipe']} | output, input gradient: "
               "relative distance from it |")

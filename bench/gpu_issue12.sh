@@ -192,6 +192,8 @@
 #   bash bench/gpu_issue12.sh 105 DATA_DIR OUT_DIR  # the same with the maxima taken by rows (fusable into the producers)
 #   bash bench/gpu_issue12.sh 106 DATA_DIR OUT_DIR  # ViT-B/16 b256 Flickr8k lengths: open_clip, the default compiled step,
 #                                                    the same with Inductor's combo kernels (:combo)
+#   bash bench/gpu_issue12.sh 107 DATA_DIR OUT_DIR  # fp8_ceiling.py's block with train.py's one-pass backward kernels:
+#                                                    bf16, FP8 (delayed) for the MLP's first projection, for both
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -268,6 +270,9 @@ checks() { timeout "$1" $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
+107)
+  timeout 400 $PY bench/fp8_ceiling.py --skip-products --fused --profile 40 --json "$O/fp8_delayed_fused.json" \
+      --recipes bf16 "fp8 delayed fast-accum fc1" "fp8 delayed fast-accum mlp" 2>&1 | quiet | grep -v top_kernels ;;
 106)
   timeout 590 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
       --json "$O/b16_flickr_combo.json" --variants open_clip clipscratch:packed clipscratch:packed:combo 2>&1 | quiet ;;
