@@ -25,7 +25,9 @@
    train.py's text_stream=true) == one stream: the first step's features and gradients and the
    weights after four AdamW steps, fp32 and bf16, eager and with the towers compiled apart, and a
    gradient-caching step;
-8. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
+8. the one-pass backward kernels' FP8 copies ("fp8 kernel copies", bench/fp8_ceiling.py's own-kernel
+   recipes) == torch's rounding to e5m2, their maxima and bf16 outputs exact;
+9. nvImageCodec's hardware decoder (when installed) == PIL's decode of real photos, to a few grey
    levels, the same pixels again after its buffers were reused for other images, and its rate on
    256-pixel JPEGs.
 
@@ -170,6 +172,36 @@ def fp8_vs_emulation():
 
     ref = dq(x) @ dq(w).T
     return {"fp8_vs_emulation_rel_err": rel(y, ref), "fp8_vs_fp32_rel_err": rel(y, x @ w.T)}
+
+
+def fp8_kernel_copies():
+    """The one-pass backward kernels' FP8 copies (their ``fp8=(scale, dtype)`` option, bench/fp8_ceiling.py)
+    == torch's rounding of output / scale to e5m2, saturated; their maxima == torch's; their bf16
+    outputs unchanged. ViT-B/16's shapes (M = 256 x 197), bf16, the scale putting the largest values
+    past the format's range."""
+    from clipscratch.models import bias_activation as ba, qkv_projection as qp
+
+    e5m2, top = torch.float8_e5m2, torch.finfo(torch.float8_e5m2).max
+    torch.manual_seed(0)
+    results = {}
+    grad = torch.randn(256 * 197, 3072, device="cuda", dtype=torch.bfloat16) * 1e-3
+    h = torch.randn(256 * 197, 3072, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(3072, device="cuda")
+    grad_h, grad_b = ba.launch(ba.bias_activation_backward_kernel, grad, h, bias, False)
+    qkv = [torch.randn(256, 12, 197, 64, device="cuda", dtype=torch.bfloat16) * 1e-3 for _ in range(3)]
+    stacked, stacked_b = qp.launch(qp.gather_heads_kernel, *qkv)
+    for name, out, run in (("bias_activation", (grad_h, grad_b),
+                            lambda fp8: ba.launch(ba.bias_activation_backward_kernel, grad, h, bias, False, fp8=fp8)),
+                           ("gather_heads", (stacked, stacked_b), lambda fp8: qp.launch(qp.gather_heads_kernel, *qkv, fp8=fp8))):
+        scale = out[0].float().abs().max() / (2 * top)
+        same, same_b, copy, amax = run((scale, e5m2))
+        want = (out[0].float() * (1 / scale)).clamp(-top, top).to(e5m2)  # the kernels multiply by the inverse
+        results[name] = {"outputs_equal": bool(torch.equal(same, out[0]) and torch.equal(same_b, out[1])),
+                         "copy_equal": bool(torch.equal(copy.view(torch.uint8), want.view(torch.uint8))),
+                         "copy_mismatches": int((copy.view(torch.uint8) != want.view(torch.uint8)).sum()),
+                         "saturated": int((want.float().abs() == top).sum()),
+                         "max_equal": bool(amax == out[0].float().abs().max())}
+    return results
 
 
 def nvimgcodec_check(photos_dir):
@@ -418,7 +450,8 @@ def main():
                      ("fp8 linear", fp8_vs_emulation), ("attention kernel", attention_kernels),
                      ("fused backward", fused_backward), ("text stream", lambda: text_stream(args.captions)),
                      ("compiled step", lambda: compiled_step(args.captions)),
-                     ("compiled step fp8", lambda: compiled_step(args.captions, fp8=True)), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
+                     ("compiled step fp8", lambda: compiled_step(args.captions, fp8=True)),
+                     ("fp8 kernel copies", fp8_kernel_copies), ("nvimgcodec", lambda: nvimgcodec_check(args.photos))):
         if args.only and name not in args.only:
             continue
         try:

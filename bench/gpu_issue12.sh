@@ -194,6 +194,12 @@
 #                                                    the same with Inductor's combo kernels (:combo)
 #   bash bench/gpu_issue12.sh 107 DATA_DIR OUT_DIR  # fp8_ceiling.py's block with train.py's one-pass backward kernels:
 #                                                    bf16, FP8 (delayed) for the MLP's first projection, for both
+#   bash bench/gpu_issue12.sh 108 DATA_DIR OUT_DIR  # the same block: bf16, FP8 for fc1 cast by Inductor (part 107's), and
+#                                                    FP8 for fc1 (and q/k/v) with the one-pass backward kernels writing
+#                                                    the FP8 copy themselves
+#   bash bench/gpu_issue12.sh 109 DATA_DIR OUT_DIR  # part 108 again after the kernels' FP8 path multiplied by the scale's
+#                                                    inverse, loaded once, instead of dividing each element by it
+#   bash bench/gpu_issue12.sh 110 DATA_DIR OUT_DIR  # the same, bias_activation's FP8 kernel also stepping 16 rows at a time
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -270,6 +276,13 @@ checks() { timeout "$1" $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
+110)
+  timeout 400 $PY bench/fp8_ceiling.py --skip-products --fused --profile 40 --json "$O/fp8_own_kernels_m16.json" \
+      --recipes bf16 "fp8 own kernels fc1+qkv" "fp8 own kernels fc1+qkv m16" 2>&1 | quiet | grep -v top_kernels ;;
+108|109)
+  timeout 400 $PY bench/fp8_ceiling.py --skip-products --fused --profile 40 --json "$O/fp8_own_kernels.json" \
+      --recipes bf16 "fp8 delayed fast-accum fc1" "fp8 own kernels fc1" "fp8 own kernels fc1+qkv" 2>&1 | quiet \
+      | grep -v top_kernels ;;
 107)
   timeout 400 $PY bench/fp8_ceiling.py --skip-products --fused --profile 40 --json "$O/fp8_delayed_fused.json" \
       --recipes bf16 "fp8 delayed fast-accum fc1" "fp8 delayed fast-accum mlp" 2>&1 | quiet | grep -v top_kernels ;;

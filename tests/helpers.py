@@ -46,6 +46,20 @@ def open_clip_twin(model, tmp_path):
     return ref.eval()
 
 
+# For the kernel scripts below: an FP8 copy against the values it stands for. Triton's interpreter keeps
+# little more than the exponent when it converts to FP8, so here each value is within a factor of 2 of
+# what it stands for (its sign, and the scale, applied), and saturated at the format's largest value;
+# bench/gpu_checks.py ("fp8 kernel copies") checks a GPU's rounding to the bit.
+FP8_CHECK = """
+def check_fp8_copy(copy, values, top, smallest_normal=2.0 ** -14):
+    want = values.float().clamp(-top, top)
+    normal = want.abs() >= smallest_normal
+    ratio = copy.float()[normal] / want[normal]
+    assert ((ratio >= 0.5) & (ratio <= 2)).all()
+    assert (copy.float()[want.abs() == top].abs() == top).all() and (want.abs() == top).any()
+"""
+
+
 def run_in_triton_interpreter(script: str) -> None:
     """Run ``script`` (Python that prints "kernel ok" when its checks pass) in a fresh interpreter
     with TRITON_INTERPRET=1, where Triton kernels run on the CPU; skips where the package's Triton

@@ -10,7 +10,7 @@ from clipscratch.models import bias_activation as ba
 from clipscratch.models import layers
 from clipscratch.models.layers import MLP, make_activation
 from clipscratch.models.triton_support import fused_here
-from helpers import run_in_triton_interpreter
+from helpers import FP8_CHECK, run_in_triton_interpreter
 
 
 @pytest.mark.parametrize("name", ba.ACTIVATIONS)
@@ -113,7 +113,7 @@ def test_training_fuses_the_mlp_backward_when_compiled_only(overrides, fused):
 KERNEL_CHECK = textwrap.dedent("""
     import torch
     from clipscratch.models import bias_activation as ba
-
+    {FP8_CHECK}
     torch.manual_seed(0)
     M, N = 300, 200  # neither a multiple of the kernel's strip (256 rows) nor of its blocks (32 x 128)
     for name in ba.ACTIVATIONS:
@@ -128,6 +128,15 @@ KERNEL_CHECK = textwrap.dedent("""
         assert ((grad_h.double() - exact).abs() <= tol).all(), name
         bound = 1e-6 * exact.abs().sum(0)  # float32 sums over 300 rows, in two stages
         assert ((grad_b.double() - exact.sum(0)).abs() <= bound).all(), name
+        # with an FP8 copy: grad_h / scale in e5m2, saturated (the scale puts the largest values past the
+        # format's range), and grad_h's absolute maximum; grad_h and grad_b as without
+        scale = grad_h.abs().max() / (2 * 57344)
+        for sign in (1, -1):  # the largest |grad_h| positive in one, negative in the other
+            same_h, same_b, grad_h8, amax = ba.launch(ba.bias_activation_backward_kernel, sign * grad, h, bias,
+                                                     name == "quick_gelu", fp8=(scale, torch.float8_e5m2))
+            assert torch.equal(same_h, sign * grad_h) and torch.equal(same_b, sign * grad_b), name
+            assert amax == grad_h.abs().max() and grad_h8.dtype == torch.float8_e5m2 and grad_h8.shape == (M, N)
+            check_fp8_copy(grad_h8, sign * grad_h / scale, 57344.0)
         # bfloat16 h and gradient: the interpreter rounds to bfloat16 by truncation (a GPU rounds
         # to nearest), so within one unit in the last place of the float32 result, plus float32's
         # own error (about 1e-7 of the largest) where the exact value is far below that
@@ -138,7 +147,7 @@ KERNEL_CHECK = textwrap.dedent("""
         assert ((grad_h.double() - exact).abs() <= ulp + 1e-6 * exact.abs().max()).all(), name
         assert ((grad_b.double() - exact.sum(0)).abs() <= 1e-6 * exact.abs().sum(0)).all(), name
     print("kernel ok")
-""")
+""").replace("{FP8_CHECK}", FP8_CHECK)
 
 
 def test_triton_kernel_matches_the_formulas_in_the_interpreter():

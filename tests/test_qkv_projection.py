@@ -11,7 +11,7 @@ from clipscratch.models import layers
 from clipscratch.models import qkv_projection as qp
 from clipscratch.models.layers import Attention
 from clipscratch.models.packing import pack_tokens
-from helpers import run_in_triton_interpreter
+from helpers import FP8_CHECK, run_in_triton_interpreter
 
 
 def stacked(dq, dk, dv):
@@ -221,6 +221,7 @@ def test_training_uses_it_eager_and_compiled_unless_turned_off(overrides, fused)
 KERNEL_CHECK = textwrap.dedent("""
     import torch
     from clipscratch.models import qkv_projection as qp
+    {FP8_CHECK}
 
     torch.manual_seed(0)
     B, H, T, D = 3, 3, 101, 40  # M = 303: not a multiple of the strip (256 rows); C = 120: not of the block (128)
@@ -240,8 +241,16 @@ KERNEL_CHECK = textwrap.dedent("""
             assert torch.equal(grad, want), name  # a copy
             bound = 1e-6 * want.double().abs().sum(0)  # float32 sums over 303 rows, in two stages
             assert ((grad_bias.double() - want.double().sum(0)).abs() <= bound).all(), (name, dtype)
+            # with an FP8 copy: grad / scale in e5m2, saturated past the format's range, and grad's maximum
+            scale = want.float().abs().max() / (2 * 57344)
+            for sign in (1, -1):  # the largest |grad| positive in one, negative in the other
+                same, same_bias, grad8, amax = qp.launch(qp.gather_heads_kernel, sign * dq, sign * dk, sign * dv,
+                                                         fp8=(scale, torch.float8_e5m2))
+                assert torch.equal(same, sign * want) and torch.equal(same_bias, sign * grad_bias), (name, dtype)
+                assert amax == want.float().abs().max() and grad8.dtype == torch.float8_e5m2, (name, dtype)
+                check_fp8_copy(grad8, sign * want.float() / scale, 57344.0)
     print("kernel ok")
-""")
+""").replace("{FP8_CHECK}", FP8_CHECK)
 
 
 def test_triton_kernel_matches_the_stack_in_the_interpreter():

@@ -22,7 +22,7 @@ saves (docs/benchmarks.md, parts 64-78).
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -101,25 +101,33 @@ def bias_activation(h: torch.Tensor, bias: torch.Tensor, name: str) -> torch.Ten
 
 
 def launch(kernel, grad: torch.Tensor, h: torch.Tensor, bias: torch.Tensor, quick: bool,
-           rows: int = ROWS, block_m: int = BLOCK_M, block_n: int = BLOCK_N,
-           warps: int = WARPS) -> Tuple[torch.Tensor, torch.Tensor]:
+           rows: int = ROWS, block_m: int = BLOCK_M, block_n: int = BLOCK_N, warps: int = WARPS,
+           fp8: Optional[Tuple[torch.Tensor, torch.dtype]] = None):
     """Run ``kernel`` (bias_activation_backward_kernel, or torch.library.wrap_triton of it) on
-    contiguous grad, h [M, N]: (grad_h [M, N], grad_bias [N])."""
+    contiguous grad, h [M, N]: (grad_h [M, N], grad_bias [N]). With ``fp8 = (scale, dtype)`` the
+    kernel also writes grad_h / scale in that FP8 dtype (saturated) and the absolute maximum of
+    grad_h: (grad_h, grad_bias, the FP8 copy [M, N], its maximum []) (bench/fp8_ceiling.py)."""
     M, N = h.shape
     strips = (M + rows - 1) // rows
     grad_h = torch.empty_like(h)
     partial = torch.empty((strips, N), dtype=torch.float32, device=h.device)  # each strip's column sums
     grid = ((N + block_n - 1) // block_n, strips)
-    kernel[grid](grad, h, bias, grad_h, partial, M, N, QUICK=quick, ROWS=rows, BLOCK_M=block_m, BLOCK_N=block_n,
-                 num_warps=warps)
-    return grad_h, partial.sum(0).to(bias.dtype)
+    scale, grad_h8, maxima = (grad_h, grad_h, partial) if fp8 is None else (
+        fp8[0], torch.empty_like(h, dtype=fp8[1]), torch.empty(grid[::-1], dtype=torch.float32, device=h.device))
+    kernel[grid](grad, h, bias, grad_h, partial, M, N, scale, grad_h8, maxima, QUICK=quick, ROWS=rows,
+                 BLOCK_M=block_m, BLOCK_N=block_n, FP8=fp8 is not None,
+                 FP8_MAX=0.0 if fp8 is None else torch.finfo(fp8[1]).max, num_warps=warps)
+    if fp8 is None:
+        return grad_h, partial.sum(0).to(bias.dtype)
+    return grad_h, partial.sum(0).to(bias.dtype), grad_h8, maxima.amax()
 
 
 if TRITON:
     @triton.jit
     def bias_activation_backward_kernel(grad_ptr, h_ptr, bias_ptr, grad_h_ptr, partial_ptr, M, N,
+                                        scale_ptr, grad_h8_ptr, maxima_ptr,
                                         QUICK: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr,
-                                        BLOCK_N: tl.constexpr):
+                                        BLOCK_N: tl.constexpr, FP8: tl.constexpr, FP8_MAX: tl.constexpr):
         # program (j, i): columns [j * BLOCK_N, (j + 1) * BLOCK_N) of rows [i * ROWS, (i + 1) * ROWS); the
         # programs that run side by side share their rows, so that together they read whole rows of memory
         block, strip = tl.program_id(0), tl.program_id(1)
@@ -127,6 +135,10 @@ if TRITON:
         col_ok = cols < N
         b = tl.load(bias_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         sums = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # summed over the rows once, at the end
+        top = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # FP8: the largest |grad_h| seen
+        inv_scale = 1.0
+        if FP8:
+            inv_scale = 1.0 / tl.load(scale_ptr)
         for start in range(0, ROWS, BLOCK_M):
             rows = strip * ROWS + start + tl.arange(0, BLOCK_M)  # [BLOCK_M]
             ok = (rows[:, None] < M) & col_ok[None, :]  # [BLOCK_M, BLOCK_N]
@@ -141,7 +153,13 @@ if TRITON:
             grad_z = tl.where(ok, g * d, 0.0)
             tl.store(grad_h_ptr + offsets, grad_z.to(grad_h_ptr.dtype.element_ty), mask=ok)
             sums += grad_z
+            if FP8:  # grad_h / scale, saturated to the format's range
+                g8 = tl.minimum(tl.maximum(grad_z * inv_scale, -FP8_MAX), FP8_MAX)
+                tl.store(grad_h8_ptr + offsets, g8.to(grad_h8_ptr.dtype.element_ty), mask=ok)
+                top = tl.maximum(top, tl.abs(grad_z))
         tl.store(partial_ptr + strip * N + cols, tl.sum(sums, axis=0), mask=col_ok)
+        if FP8:
+            tl.store(maxima_ptr + strip * tl.num_programs(0) + block, tl.max(tl.max(top, axis=1), axis=0))
 
     @torch.library.triton_op("clipscratch::bias_activation_backward", mutates_args=())
     def _backward_op(grad: torch.Tensor, h: torch.Tensor, bias: torch.Tensor,

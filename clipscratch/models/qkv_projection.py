@@ -22,7 +22,7 @@ eager (docs/benchmarks.md, parts 81-84).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -80,25 +80,33 @@ def qkv_heads(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 
 def launch(kernel, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, rows: int = ROWS, block_m: int = BLOCK_M,
-           block_n: int = BLOCK_N, warps: int = WARPS) -> Tuple[torch.Tensor, torch.Tensor]:
+           block_n: int = BLOCK_N, warps: int = WARPS, fp8: Optional[Tuple[torch.Tensor, torch.dtype]] = None):
     """Run ``kernel`` (gather_heads_kernel, or torch.library.wrap_triton of it) on dq, dk, dv
-    [B, H, T, D], any strides: (grad [B * T, 3C], grad_bias [3C] float32)."""
+    [B, H, T, D], any strides: (grad [B * T, 3C], grad_bias [3C] float32). With ``fp8 = (scale,
+    dtype)`` the kernel also writes grad / scale in that FP8 dtype (saturated) and the absolute
+    maximum of grad: (grad, grad_bias, the FP8 copy [B * T, 3C], its maximum []) (bench/fp8_ceiling.py)."""
     B, H, T, D = dq.shape
     M, C = B * T, H * D
     strips = (M + rows - 1) // rows
     grad = torch.empty((M, 3 * C), dtype=dq.dtype, device=dq.device)
     partial = torch.empty((strips, 3 * C), dtype=torch.float32, device=dq.device)  # each strip's column sums
     grid = (3 * ((C + block_n - 1) // block_n), strips)
-    kernel[grid](dq, dk, dv, grad, partial, M, T, C, D, *dq.stride(), *dk.stride(), *dv.stride(),
-                 ROWS=rows, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
-    return grad, partial.sum(0)
+    scale, grad8, maxima = (grad, grad, partial) if fp8 is None else (
+        fp8[0], torch.empty_like(grad, dtype=fp8[1]), torch.empty(grid[::-1], dtype=torch.float32, device=dq.device))
+    kernel[grid](dq, dk, dv, grad, partial, M, T, C, D, *dq.stride(), *dk.stride(), *dv.stride(), scale, grad8, maxima,
+                 ROWS=rows, BLOCK_M=block_m, BLOCK_N=block_n, FP8=fp8 is not None,
+                 FP8_MAX=0.0 if fp8 is None else torch.finfo(fp8[1]).max, num_warps=warps)
+    if fp8 is None:
+        return grad, partial.sum(0)
+    return grad, partial.sum(0), grad8, maxima.amax()
 
 
 if TRITON:
     @triton.jit
     def gather_heads_kernel(dq_ptr, dk_ptr, dv_ptr, grad_ptr, partial_ptr, M, T, C, D,
-                            q_b, q_h, q_t, q_d, k_b, k_h, k_t, k_d, v_b, v_h, v_t, v_d,
-                            ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                            q_b, q_h, q_t, q_d, k_b, k_h, k_t, k_d, v_b, v_h, v_t, v_d, scale_ptr, grad8_ptr, maxima_ptr,
+                            ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FP8: tl.constexpr,
+                            FP8_MAX: tl.constexpr):
         # program (j, i): block j of the columns of q, then of k, then of v; rows [i * ROWS, (i + 1) * ROWS)
         block, strip = tl.program_id(0), tl.program_id(1)
         per_part = tl.cdiv(C, BLOCK_N)
@@ -113,14 +121,25 @@ if TRITON:
         col_ok = cols < C
         col_offsets = (cols // D).to(tl.int64) * s_h + (cols % D).to(tl.int64) * s_d
         sums = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # summed over the rows once, at the end
+        top = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)  # FP8: the largest |grad| seen
+        inv_scale = 1.0
+        if FP8:
+            inv_scale = 1.0 / tl.load(scale_ptr)
         for start in range(0, ROWS, BLOCK_M):
             rows = strip * ROWS + start + tl.arange(0, BLOCK_M)  # [BLOCK_M]: b * T + t
             ok = (rows[:, None] < M) & col_ok[None, :]  # [BLOCK_M, BLOCK_N]
             row_offsets = (rows // T).to(tl.int64) * s_b + (rows % T).to(tl.int64) * s_t
             g = tl.load(src + row_offsets[:, None] + col_offsets[None, :], mask=ok, other=0.0)
-            tl.store(grad_ptr + rows[:, None].to(tl.int64) * (3 * C) + part * C + cols[None, :], g, mask=ok)
+            out_offsets = rows[:, None].to(tl.int64) * (3 * C) + part * C + cols[None, :]
+            tl.store(grad_ptr + out_offsets, g, mask=ok)
             sums += g.to(tl.float32)
+            if FP8:  # grad / scale, saturated to the format's range
+                g8 = tl.minimum(tl.maximum(g.to(tl.float32) * inv_scale, -FP8_MAX), FP8_MAX)
+                tl.store(grad8_ptr + out_offsets, g8.to(grad8_ptr.dtype.element_ty), mask=ok)
+                top = tl.maximum(top, tl.abs(g.to(tl.float32)))
         tl.store(partial_ptr + strip * (3 * C) + part * C + cols, tl.sum(sums, axis=0), mask=col_ok)
+        if FP8:
+            tl.store(maxima_ptr + strip * tl.num_programs(0) + block, tl.max(tl.max(top, axis=1), axis=0))
 
     @torch.library.triton_op("clipscratch::gather_heads", mutates_args=())
     def _gather_heads_op(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
