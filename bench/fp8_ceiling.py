@@ -31,7 +31,8 @@
                     ... m16: bias_activation's kernel stepping 16 rows at a time (32 by default)
 Milliseconds, median of 20 after warm-up; x 12 layers for a ViT-B/16 step. Each recipe's block output
 and input gradient are compared with the first recipe's (relative distance; the same weights and data);
-``--profile N`` records each recipe's N costliest kernels.
+``--profile N`` records each recipe's N costliest kernels; ``--kernels`` times the one-pass backward
+kernels alone, without and with their FP8 copy, in several launch configurations.
 """
 import argparse
 import json
@@ -403,6 +404,31 @@ def block_rows(names, profile_top=0, fused=False):
     return rows
 
 
+def kernel_rows(configs=((32, 4), (16, 4), (8, 4), (32, 8), (16, 8), (8, 8))):
+    """The one-pass backward kernels alone at ViT-B/16's shapes (bf16, M = 256 x 197): GPU ms without and
+    with their FP8 copy, bias_activation's for each (rows a step, warps) in ``configs``."""
+    from clipscratch.models import bias_activation as ba, qkv_projection as qp
+
+    M, rows = 256 * 197, []
+    grad = torch.randn(M, 4 * WIDTH, device="cuda", dtype=torch.bfloat16) * 1e-3
+    h = torch.randn(M, 4 * WIDTH, device="cuda", dtype=torch.bfloat16)
+    bias = torch.randn(4 * WIDTH, device="cuda")
+    scale = torch.full((), 1e-3 / 57344, device="cuda")
+    for block_m, warps in configs:
+        def run(fp8):
+            return ba.launch(ba.bias_activation_backward_kernel, grad, h, bias, False, block_m=block_m, warps=warps,
+                             fp8=(scale, E5M2) if fp8 else None)
+        rows.append({"kernel": "bias_activation", "block_m": block_m, "warps": warps,
+                     "bf16_ms": median_ms(lambda: run(False)), "with_fp8_ms": median_ms(lambda: run(True))})
+        print(json.dumps(rows[-1]), flush=True)
+    heads = [torch.randn(256, 12, 197, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    rows.append({"kernel": "gather_heads", "block_m": qp.BLOCK_M, "warps": qp.WARPS,
+                 "bf16_ms": median_ms(lambda: qp.launch(qp.gather_heads_kernel, *heads)),
+                 "with_fp8_ms": median_ms(lambda: qp.launch(qp.gather_heads_kernel, *heads, fp8=(scale, E5M2)))})
+    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def print_products(products):
     """Print the product rows as a table; return their totals over a step's layers (all three
     products, and the forward and input gradient alone), one per column."""
@@ -424,6 +450,8 @@ def main():
     p.add_argument("--skip-products", action="store_true")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also record each recipe's N costliest GPU kernels (ms a block)")
+    p.add_argument("--kernels", action="store_true",
+                   help="time the one-pass backward kernels alone, without and with their FP8 copy")
     p.add_argument("--fused", action="store_true",
                    help="the block with train.py's one-pass backward kernels (fused_activation, fused_qkv); the "
                         "q/k/v projection then stays in bf16 in every recipe")
@@ -432,6 +460,7 @@ def main():
     args = p.parse_args()
     products = [] if args.skip_products else product_rows()
     totals, fwd_dgrad = print_products(products) if products else ([], [])
+    kernels = kernel_rows() if args.kernels else []
     blocks = [] if args.skip_blocks else block_rows(args.recipes, args.profile, args.fused)
     if blocks:
         print(f"\n| block recipe | ms a block (fwd+bwd) | x12 layers | vs {blocks[0]['recipe']} | output, input gradient: "
@@ -443,7 +472,7 @@ def main():
                   f"| {diff} |")
     with open(args.json, "w") as f:
         json.dump({"products": products, "product_totals_ms": totals, "fwd_dgrad_totals_ms": fwd_dgrad,
-                   "blocks": blocks}, f, indent=1)
+                   "kernels": kernels, "blocks": blocks}, f, indent=1)
 
 
 if __name__ == "__main__":

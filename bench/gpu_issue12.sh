@@ -200,6 +200,10 @@
 #   bash bench/gpu_issue12.sh 109 DATA_DIR OUT_DIR  # part 108 again after the kernels' FP8 path multiplied by the scale's
 #                                                    inverse, loaded once, instead of dividing each element by it
 #   bash bench/gpu_issue12.sh 110 DATA_DIR OUT_DIR  # the same, bias_activation's FP8 kernel also stepping 16 rows at a time
+#   bash bench/gpu_issue12.sh 111 DATA_DIR OUT_DIR  # the one-pass backward kernels alone, without and with their FP8
+#                                                    copy, in several launch configurations; ViT-B/16 b256 Flickr8k
+#                                                    lengths: open_clip, the default compiled step, with :fp8own
+#   bash bench/gpu_issue12.sh 112 DATA_DIR OUT_DIR  # the same with text_stream: open_clip, :streams, :streams:fp8own
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -276,6 +280,15 @@ checks() { timeout "$1" $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
+111)
+  timeout 120 $PY bench/fp8_ceiling.py --skip-products --skip-blocks --kernels --json "$O/fp8_kernel_configs.json" \
+      2>&1 | quiet
+  timeout 470 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_fp8own.json" --variants open_clip clipscratch:packed:fp8own clipscratch:packed 2>&1 | quiet ;;
+112)
+  timeout 590 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_streams_fp8own.json" --variants open_clip clipscratch:packed:streams \
+      clipscratch:packed:streams:fp8own 2>&1 | quiet ;;
 110)
   timeout 400 $PY bench/fp8_ceiling.py --skip-products --fused --profile 40 --json "$O/fp8_own_kernels_m16.json" \
       --recipes bf16 "fp8 own kernels fc1+qkv" "fp8 own kernels fc1+qkv m16" 2>&1 | quiet | grep -v top_kernels ;;

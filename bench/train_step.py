@@ -39,6 +39,9 @@ rotated), tokenised; the two implementations see the same tokens:
   ...:combo            Inductor's combo kernels: kernels that do not depend on each other (the two towers'
                        LayerNorms, GELUs, residual adds ...) launched as one (torch._inductor.config.
                        combo_kernels, experimental); :combo-bench keeps only those its benchmark finds faster
+  ...:fp8own           the image tower's q/k/v and MLP-in projections in FP8 with delayed scaling, the
+                       one-pass backward kernels writing their FP8 copies (bench/fp8_ceiling.py's "fp8 own
+                       kernels fc1+qkv m16" recipe on every block; not in the model yet)
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
@@ -155,6 +158,12 @@ def setup(variant, name, batches, bucket=0, compiled=False):
     tokens = [prepare_tokens(b, mode, bucket).to("cuda") for b in batches]
     backend = image_backend(variant)
     options = variant.split(":")[1:]
+    fp8_scales = []
+    if "fp8own" in options:  # bench/fp8_ceiling.py's recipe on every image block
+        from fp8_ceiling import own_kernel_recipe
+
+        for block in model.visual.transformer.resblocks:
+            fp8_scales += own_kernel_recipe(block, qkv_too=True, block_m=16).values()
     split = compiled and any(o in options for o in ("towers", "streams", "streams-high"))
     if split:
         model.compile_towers()  # forward runs them; the FLOP count's eager step runs the plain encoders
@@ -171,6 +180,8 @@ def setup(variant, name, batches, bucket=0, compiled=False):
         with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(backend) if backend else contextlib.nullcontext():
             loss = clip_loss(*towers(images, tokens, plain), scale_fn())
         loss.backward()
+        for scales in fp8_scales:  # :fp8own: this step's maxima become the next step's scales
+            scales.update()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
