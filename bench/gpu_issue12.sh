@@ -204,6 +204,10 @@
 #                                                    copy, in several launch configurations; ViT-B/16 b256 Flickr8k
 #                                                    lengths: open_clip, the default compiled step, with :fp8own
 #   bash bench/gpu_issue12.sh 112 DATA_DIR OUT_DIR  # the same with text_stream: open_clip, :streams, :streams:fp8own
+#   bash bench/gpu_issue12.sh 113 DATA_DIR OUT_DIR  # train.py's fp8_delayed=true (the recipe in the model): ViT-B/16 on
+#                                                    the Flickr8k train photos, compiled, 300 steps with it and without
+#                                                    (loss curves); then ViT-B/16 b256 open_clip against it with the
+#                                                    text stream (bench/train_step.py :streams:fp8delayed)
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -280,6 +284,12 @@ checks() { timeout "$1" $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
+113)
+  flickr_runs 160 3 300 fp8_delayed "compile=true model=ViT-B-16" fp8_delayed_false fp8_delayed_true
+  $PY bench/compare_curves.py runs/fp8_delayed_false/metrics.jsonl runs/fp8_delayed_true/metrics.jsonl \
+      --labels "bf16" "fp8_delayed=true" --out "$O/fp8_delayed_vs_bf16.png"
+  timeout 230 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_fp8delayed.json" --variants open_clip clipscratch:packed:streams:fp8delayed 2>&1 | quiet ;;
 111)
   timeout 120 $PY bench/fp8_ceiling.py --skip-products --skip-blocks --kernels --json "$O/fp8_kernel_configs.json" \
       2>&1 | quiet

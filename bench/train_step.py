@@ -39,6 +39,8 @@ rotated), tokenised; the two implementations see the same tokens:
   ...:combo            Inductor's combo kernels: kernels that do not depend on each other (the two towers'
                        LayerNorms, GELUs, residual adds ...) launched as one (torch._inductor.config.
                        combo_kernels, experimental); :combo-bench keeps only those its benchmark finds faster
+  ...:fp8delayed       the same as train.py's fp8_delayed=true (CLIP.set_fp8_delayed, models/fp8_delayed.py);
+                       the warm-up steps measure its scales
   ...:fp8own           the image tower's q/k/v and MLP-in projections in FP8 with delayed scaling, the
                        one-pass backward kernels writing their FP8 copies (bench/fp8_ceiling.py's "fp8 own
                        kernels fc1+qkv m16" recipe on every block; not in the model yet)
@@ -70,6 +72,7 @@ from torch.nn.attention import sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from clipscratch.models.fp8_delayed import update_scales  # noqa: E402
 
 BATCH = {"ViT-B-32": 512, "ViT-B-16": 256, "ViT-L-14": 128}
 
@@ -133,6 +136,7 @@ def build(variant: str, name: str, compiled: bool = False):
     model.set_fused_qkv("noqkv" not in options)
     model.set_attention_kernel("sdpa" if "sdpa" in options or any(o.startswith("img=") for o in options) else "auto")
     model.set_text_stream("streams" in options or "streams-high" in options, priority=-1 if "streams-high" in options else 0)
+    model.set_fp8_delayed("fp8delayed" in options)
     return model, model.scale, mode
 
 
@@ -158,7 +162,7 @@ def setup(variant, name, batches, bucket=0, compiled=False):
     tokens = [prepare_tokens(b, mode, bucket).to("cuda") for b in batches]
     backend = image_backend(variant)
     options = variant.split(":")[1:]
-    fp8_scales = []
+    fp8_scales, delayed = [], "fp8delayed" in options
     if "fp8own" in options:  # bench/fp8_ceiling.py's recipe on every image block
         from fp8_ceiling import own_kernel_recipe
 
@@ -182,6 +186,8 @@ def setup(variant, name, batches, bucket=0, compiled=False):
         loss.backward()
         for scales in fp8_scales:  # :fp8own: this step's maxima become the next step's scales
             scales.update()
+        if delayed:  # :fp8delayed, the same through the model's option
+            update_scales(model)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss

@@ -122,6 +122,14 @@ def test_train_cli_errors_are_one_line(tmp_path):
         assert err.strip().count("\n") == 0 and err.startswith("error:"), err
 
 
+def test_fp8_delayed_without_a_gpu_is_a_one_line_error_before_any_training(tmp_path):
+    out_dir = tmp_path / "run"
+    _, err = _finish(_tiny(tmp_path, "fp8_delayed=true", "compile=true", "precision=bf16", f"output_dir={out_dir}"), ok=False)
+    assert err.strip().splitlines()[-1] == ("error: fp8_delayed=true needs a CUDA GPU with Triton (Hopper: FP8 products); "
+                                            "set it false here")
+    assert not (out_dir / "metrics.jsonl").exists()
+
+
 def test_a_bad_config_under_accelerate_launch_is_one_line_without_the_launchers_traceback(tmp_path):
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     p = subprocess.run([accelerate, "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",

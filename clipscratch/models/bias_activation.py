@@ -64,6 +64,23 @@ def bias_activation_backward(grad: torch.Tensor, h: torch.Tensor, bias: torch.Te
     return grad_z.to(h.dtype), grad_z.sum(0).to(bias.dtype)
 
 
+def bias_activation_backward_fp8(grad: torch.Tensor, h: torch.Tensor, bias: torch.Tensor, name: str,
+                                 scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bias_activation_backward's (grad_h, grad_bias) and grad_h / scale in e5m2 (saturated) with grad_h's
+    absolute maximum, from one pass of the kernel (``launch``'s fp8 option) where it runs; torch's
+    operations otherwise (converting the rounded grad_h, where the kernel converts its float32 value)."""
+    if h.is_cuda and TRITON:
+        return torch.ops.clipscratch.bias_activation_backward_fp8(grad, h, bias, name == "quick_gelu", scale)
+    grad_h, grad_bias = bias_activation_backward(grad, h, bias, name)
+    return grad_h, grad_bias, saturate(grad_h, scale, torch.float8_e5m2), grad_h.abs().amax().float()
+
+
+def saturate(t: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t / scale in the FP8 ``dtype``, clamped to its range (a scale from an earlier step may be too small)."""
+    top = torch.finfo(dtype).max
+    return (t.float() * (1 / scale)).clamp(-top, top).to(dtype)
+
+
 def _at_least_float32(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
@@ -166,3 +183,11 @@ if TRITON:
                      quick: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """The kernel as a torch operator, which torch.compile traces into."""
         return launch(torch.library.wrap_triton(bias_activation_backward_kernel), grad, h, bias, quick)
+
+    @torch.library.triton_op("clipscratch::bias_activation_backward_fp8", mutates_args=())
+    def _backward_fp8_op(grad: torch.Tensor, h: torch.Tensor, bias: torch.Tensor, quick: bool,
+                         scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The kernel with its e5m2 copy, 16 rows a step and 8 warps (the fastest with the copy at
+        ViT-B/16's shapes: docs/benchmarks.md, part 111)."""
+        return launch(torch.library.wrap_triton(bias_activation_backward_kernel), grad, h, bias, quick,
+                      block_m=16, warps=8, fp8=(scale, torch.float8_e5m2))

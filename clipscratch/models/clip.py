@@ -122,6 +122,18 @@ class CLIP(nn.Module):
 
         _set_on(self, (Attention, MLP), "fp8", enabled)
 
+    def set_fp8_delayed(self, enabled: bool = True) -> None:
+        """The image tower's q/k/v projections and MLP first projections in FP8 with delayed scaling, where
+        the one-pass backward kernels run (with ``set_fused_qkv`` and ``set_fused_activation``, training on a
+        CUDA GPU with Triton; models/fp8_delayed.py): each gets a DelayedScales, which a first measuring
+        step and ``fp8_delayed.update_scales`` after every backward keep current (train/run.py)."""
+        from .fp8_delayed import DelayedScales
+        from .layers import MLP, Attention
+
+        for module in self.visual.modules() if hasattr(self.visual, "transformer") else []:
+            if isinstance(module, (Attention, MLP)):
+                module.fp8_scales = DelayedScales().to(next(module.parameters()).device) if enabled else None
+
     def set_fused_activation(self, enabled: bool = True) -> None:
         """While training on a CUDA GPU with Triton, each MLP's hidden bias and activation with a
         backward that computes the bias gradient in the same pass (models/bias_activation.py);

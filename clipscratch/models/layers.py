@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
+from . import fp8_delayed
 from .bias_activation import activate, bias_activation
 from .triton_support import fused_here
 from .fp8 import linear
@@ -90,6 +91,8 @@ class Attention(nn.Module):
         # CLIP.set_fused_qkv (off here; train.py turns it on: train/config.py): while training on a CUDA GPU with
         # Triton, the heads' gradients gathered and the bias gradient summed in one pass (qkv_projection.py)
         self.fused_qkv = False
+        # CLIP.set_fp8_delayed: with fused_qkv, the q/k/v projection in FP8 with these delayed scales (fp8_delayed.py)
+        self.fp8_scales: Optional[fp8_delayed.DelayedScales] = None
 
     def forward(self, x: torch.Tensor, causal: bool = False, packing: Optional[PackedTokens] = None) -> torch.Tensor:
         """x [B, T, C]; or packed tokens [N, C] with ``packing``: the projections run on the N
@@ -108,6 +111,8 @@ class Attention(nn.Module):
     def project_heads(self, x: torch.Tensor):
         """x [B, T, C] -> q, k, v [B, H, T, D]."""
         if self.fused_qkv and not self.fp8 and fused_here(x):
+            if self.fp8_scales is not None:
+                return fp8_delayed.qkv_heads(x, self.in_proj_weight, self.in_proj_bias, self.heads, self.fp8_scales)
             return qkv_heads(x, self.in_proj_weight, self.in_proj_bias, self.heads)
         return split_heads(linear(x, self.in_proj_weight, self.in_proj_bias, self.fp8), self.heads)
 
@@ -124,9 +129,13 @@ class MLP(nn.Module):
         # training on a CUDA GPU with Triton, the hidden bias and activation through bias_activation.py, whose
         # backward computes the bias gradient in the same pass
         self.fused_activation = False
+        # CLIP.set_fp8_delayed: with fused_activation, the first projection in FP8 with these delayed scales
+        self.fp8_scales: Optional[fp8_delayed.DelayedScales] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_activation and fused_here(x):
+        if self.fused_activation and fused_here(x) and self.fp8_scales is not None and not self.fp8:
+            x = fp8_delayed.mlp_in(x, self.c_fc.weight, self.c_fc.bias, self.activation, self.fp8_scales)  # [B, T, 4C]
+        elif self.fused_activation and fused_here(x):
             x = bias_activation(linear(x, self.c_fc.weight, None, self.fp8), self.c_fc.bias, self.activation)  # [B, T, 4C]
         else:
             x = self.gelu(linear(x, self.c_fc.weight, self.c_fc.bias, self.fp8))  # [B, T, 4C]

@@ -27,7 +27,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .bias_activation import as_dtype
+from .bias_activation import as_dtype, saturate
 from .triton_support import TRITON, tl, triton
 
 # Rows per program, summed over M / ROWS strips afterwards; within a strip BLOCK_M rows at a time
@@ -49,6 +49,16 @@ def gather_heads(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> Tuple[
     B, H, T, D = dq.shape
     grad = torch.stack((dq, dk, dv), dim=2).permute(0, 3, 2, 1, 4).reshape(B * T, 3 * H * D)  # [M, 3C]
     return grad, grad.sum(0, dtype=torch.promote_types(grad.dtype, torch.float32))
+
+
+def gather_heads_fp8(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
+                     scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """gather_heads' (grad, grad_bias) and grad / scale in e5m2 (saturated) with grad's absolute maximum,
+    from one pass of the kernel (``launch``'s fp8 option) where it runs; torch's operations otherwise."""
+    if dq.is_cuda and TRITON:
+        return torch.ops.clipscratch.gather_heads_fp8(dq, dk, dv, scale)
+    grad, grad_bias = gather_heads(dq, dk, dv)
+    return grad, grad_bias, saturate(grad, scale, torch.float8_e5m2), grad.abs().amax().float()
 
 
 class _QKVHeads(torch.autograd.Function):
@@ -145,3 +155,9 @@ if TRITON:
     def _gather_heads_op(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The kernel as a torch operator, which torch.compile traces into."""
         return launch(torch.library.wrap_triton(gather_heads_kernel), dq, dk, dv)
+
+    @torch.library.triton_op("clipscratch::gather_heads_fp8", mutates_args=())
+    def _gather_heads_fp8_op(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
+                             scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The kernel with its e5m2 copy."""
+        return launch(torch.library.wrap_triton(gather_heads_kernel), dq, dk, dv, fp8=(scale, torch.float8_e5m2))

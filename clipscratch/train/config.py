@@ -74,6 +74,10 @@ class TrainConfig:
     # waits); false: each batch cut to its longest caption. Packed was faster eager and compiled (docs/benchmarks.md)
     pack_text: bool = True
     fp8: bool = False  # attention and MLP projections in FP8 (models/fp8.py; Hopper GPUs, with precision=bf16)
+    # with compile on a CUDA GPU (Hopper): the image tower's q/k/v and MLP-in projections in FP8 with delayed scaling,
+    # the one-pass backward kernels writing the FP8 copies of their gradients (models/fp8_delayed.py); a first step
+    # measures the scales. ViT-B/16 steps 4% faster (docs/benchmarks.md, parts 108-113)
+    fp8_delayed: bool = False
     compile: bool = False
     # with compile, on a CUDA GPU with Triton: each MLP's bias gradient summed in the pass that computes its hidden
     # gradient (models/bias_activation.py): 1.7% faster compiled steps on ViT-B/16, exact; without compile it is not
@@ -268,6 +272,12 @@ def check(cfg: TrainConfig) -> None:
     _require(not (cfg.text_stream and cfg.cuda_graphs), "text_stream",
              "false with cuda_graphs=true (a recording of the whole step holds one stream)", cfg.text_stream)
     _require(cfg.precision in ("no", "bf16", "fp16"), "precision", "one of no, bf16, fp16", cfg.precision)
+    if cfg.fp8_delayed:  # its projections are the one-pass backward kernels' (models/fp8_delayed.py)
+        for key, needed in (("compile", True), ("fused_activation", True), ("fused_qkv", True), ("fp8", False),
+                            ("cuda_graphs", False)):
+            _require(getattr(cfg, key) == needed, "fp8_delayed", f"false unless {key}={str(needed).lower()}",
+                     cfg.fp8_delayed)
+        _require(cfg.precision == "bf16", "fp8_delayed", "false unless precision=bf16", cfg.fp8_delayed)
     _require(cfg.loss in ("clip", "siglip"), "loss", "one of clip, siglip", cfg.loss)
     for key in ("save_every", "keep_checkpoints", "log_every"):
         _require(getattr(cfg, key) >= 1, key, ">= 1", getattr(cfg, key))

@@ -29,6 +29,7 @@ from ..errors import ClipscratchError
 from ..loading import load
 from ..loss import make_loss
 from ..models import create_model
+from ..models.fp8_delayed import update_scales
 from ..models.packing import pack_tokens
 from ..models.tower_stream import expect_ddp_accumulation
 from ..transforms import image_transform
@@ -38,7 +39,7 @@ from .evaluators import make_evaluators
 from .generators import generate_data
 from .logging import MetricsLogger, gpu_memory, plot_curves
 from .optim import freeze, make_optimizer, warmup_cosine
-from .step import optimizer_step
+from .step import optimizer_step, plain_step
 
 
 def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict:
@@ -70,6 +71,8 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
     global_batch = cfg.data.batch_size * cfg.accum_steps * world
 
     # ---- model
+    if cfg.fp8_delayed and device.type != "cuda":
+        raise ClipscratchError("fp8_delayed=true needs a CUDA GPU with Triton (Hopper: FP8 products); set it false here")
     model = build_model(cfg)
     image_size, context_length = model.image_size, model.context_length
     loss_fn = make_loss(cfg.loss)
@@ -120,6 +123,7 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
 
     # ---- loop
     skipped: Counter = Counter()
+    fp8_unmeasured = cfg.fp8_delayed  # the scales are measured again after a resume (they are not checkpointed)
     bar = tqdm(total=total_steps, initial=state.step, desc="training", disable=not main, dynamic_ncols=True)
     model.train()
     last_time, last_samples, saved_at = time.perf_counter(), state.samples_seen, None
@@ -143,7 +147,14 @@ def run(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False)
                     continue
                 if cfg.cuda_graphs:
                     torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done with
+                if fp8_unmeasured:  # the delayed FP8 scales' first step only measures them (models/fp8_delayed.py)
+                    plain_step(model, micro[0], loss_fn, accelerator.backward)
+                    optimizer.zero_grad(set_to_none=True)
+                    update_scales(core)
+                    fp8_unmeasured = False
                 loss = optimizer_step(model, micro, loss_fn, accelerator, optimizer, scheduler, cfg.optim.grad_clip)
+                if cfg.fp8_delayed:
+                    update_scales(core)  # this step's maxima scale the next one
                 micro = []
                 state.step += 1
                 state.samples_seen += global_batch
@@ -222,6 +233,7 @@ def build_model(cfg: TrainConfig):
     model.set_mlp_recompute(cfg.recompute_mlp)
     model.set_text_packing(cfg.pack_text)
     model.set_fp8(cfg.fp8)
+    model.set_fp8_delayed(cfg.fp8_delayed)
     model.set_fused_activation(cfg.compile and cfg.fused_activation)  # faster compiled only (config.py)
     model.set_fused_qkv(cfg.fused_qkv)  # faster eager and compiled
     model.set_text_stream(cfg.text_stream)
