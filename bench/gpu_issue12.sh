@@ -208,6 +208,10 @@
 #                                                    the Flickr8k train photos, compiled, 300 steps with it and without
 #                                                    (loss curves); then ViT-B/16 b256 open_clip against it with the
 #                                                    text stream (bench/train_step.py :streams:fp8delayed)
+#   bash bench/gpu_issue12.sh 114 DATA_DIR OUT_DIR  # part 113's fp8_delayed=true run again (it had failed: cuBLAS refused a
+#                                                    scale at an offset into a two-element buffer), its curve against part
+#                                                    113's bf16 run (DATA_DIR/p113/fp8_delayed_false_metrics.jsonl), then
+#                                                    part 113's step benchmark
 # DATA_DIR is a copy of ../shared/data (flickr8k-1000, flickr8k-captions, hateful-memes-text).
 set -uo pipefail
 PART=${1:?part}; D=${2:?data dir}; O=${3:?out dir}; mkdir -p "$O"
@@ -284,6 +288,12 @@ checks() { timeout "$1" $PY bench/gpu_checks.py --captions "$FLICKR" --photos "$
 # data-fed from the 256-px shapes shards: $1 the time limit, the rest data_fed.py's options (a later --workers wins)
 fed256() { timeout "$1" $PY bench/data_fed.py --samples 30000 --workers 14 "${@:2}" 2>&1 | quiet | grep -v "img/s"; }
 case $PART in
+114)
+  flickr_runs 170 3 300 fp8_delayed "compile=true model=ViT-B-16" fp8_delayed_true
+  $PY bench/compare_curves.py "$D/p113/fp8_delayed_false_metrics.jsonl" runs/fp8_delayed_true/metrics.jsonl \
+      --labels "bf16 (part 113)" "fp8_delayed=true" --out "$O/fp8_delayed_vs_bf16.png"
+  timeout 250 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
+      --json "$O/b16_flickr_fp8delayed.json" --variants open_clip clipscratch:packed:streams:fp8delayed 2>&1 | quiet ;;
 113)
   flickr_runs 160 3 300 fp8_delayed "compile=true model=ViT-B-16" fp8_delayed_false fp8_delayed_true
   $PY bench/compare_curves.py runs/fp8_delayed_false/metrics.jsonl runs/fp8_delayed_true/metrics.jsonl \

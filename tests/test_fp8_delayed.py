@@ -39,17 +39,18 @@ def test_qkv_heads_match_their_emulation_and_hand_back_the_maxima():
     w, b = torch.randn(3 * C, C) * 0.2, torch.randn(3 * C)
     w.requires_grad_(True), b.requires_grad_(True)
     state = fd.DelayedScales()
-    state.scales.copy_(torch.tensor([0.5 / fd.LARGEST[0] * 6, 3e-3]))  # some values saturate in each
+    state.x_scale.fill_(0.5 / fd.LARGEST[0] * 6)  # some values saturate in each
+    state.grad_scale.fill_(3e-3)
     q, k, v = fd.qkv_heads(x, w, b, H, state)
     x2 = x.detach().reshape(-1, C)
-    want = dequantised(x2, state.scales[0], E4M3) @ dequantised(w.detach(), weight_scale(w), E4M3).T + b.detach().bfloat16().float()
+    want = dequantised(x2, state.x_scale, E4M3) @ dequantised(w.detach(), weight_scale(w), E4M3).T + b.detach().bfloat16().float()
     got = torch.stack((q, k, v)).permute(1, 3, 0, 2, 4).reshape(B * T, 3 * C)  # heads back into [M, 3C]
     bf16_close(got, want, "forward")
 
     grads = [torch.randn(B, H, T, C // H).bfloat16() for _ in range(3)]
     torch.autograd.backward((q, k, v), grads)
     g = torch.stack(grads).permute(1, 3, 0, 2, 4).reshape(B * T, 3 * C).float()  # [M, 3C]
-    want_x = dequantised(g, state.scales[1], E5M2) @ dequantised(w.detach(), weight_scale(w), E4M3)
+    want_x = dequantised(g, state.grad_scale, E5M2) @ dequantised(w.detach(), weight_scale(w), E4M3)
     bf16_close(x.grad.reshape(-1, C), want_x, "input gradient")
     bf16_close(w.grad, g.T @ x2.float(), "weight gradient")  # bf16 operands, as autograd's
     torch.testing.assert_close(b.grad, g.sum(0), rtol=1e-6, atol=1e-6)
@@ -63,9 +64,10 @@ def test_mlp_in_matches_its_emulation_and_hands_back_the_maxima(name):
     x = torch.randn(M, C).bfloat16().requires_grad_(True)
     w, b = (torch.randn(4 * C, C) * 0.3).requires_grad_(True), torch.randn(4 * C).requires_grad_(True)
     state = fd.DelayedScales()
-    state.scales.copy_(torch.tensor([x.detach().abs().max().float() / fd.LARGEST[0], 1e-4]))
+    state.x_scale.copy_(x.detach().abs().max().float() / fd.LARGEST[0])
+    state.grad_scale.fill_(1e-4)
     y = fd.mlp_in(x, w, b, name, state)
-    h = (dequantised(x.detach(), state.scales[0], E4M3) @ dequantised(w.detach(), weight_scale(w), E4M3).T).bfloat16()
+    h = (dequantised(x.detach(), state.x_scale, E4M3) @ dequantised(w.detach(), weight_scale(w), E4M3).T).bfloat16()
     assert y.dtype == torch.bfloat16 and y.shape == (M, 4 * C)
     bf16_close(y, activate(h.float() + b.detach(), name), "forward")
 
@@ -73,7 +75,7 @@ def test_mlp_in_matches_its_emulation_and_hands_back_the_maxima(name):
     y.backward(grad)
     grad_h = torch.autograd.grad(activate(h.float() + b.detach(), name), h, grad.float())[0]  # through act'
     grad_h = grad_h.bfloat16().float()
-    want_x = dequantised(grad_h, state.scales[1], E5M2) @ dequantised(w.detach(), weight_scale(w), E4M3)
+    want_x = dequantised(grad_h, state.grad_scale, E5M2) @ dequantised(w.detach(), weight_scale(w), E4M3)
     bf16_close(x.grad, want_x, "input gradient")
     bf16_close(w.grad, grad_h.T @ x.detach().float(), "weight gradient")
     # the bias gradient sums the float32 gradient (before its bf16 rounding) of h, which may itself be
@@ -86,13 +88,14 @@ def test_mlp_in_matches_its_emulation_and_hands_back_the_maxima(name):
 def test_update_turns_the_maxima_into_the_next_steps_scales():
     state = fd.DelayedScales()
     assert not state.update()  # no backward reached it: the scales stay
-    assert torch.equal(state.scales, torch.ones(2))
+    assert state.x_scale == 1 and state.grad_scale == 1
     state.maxima.grad = torch.tensor([3.0, 0.0])
     assert state.update()
-    assert torch.equal(state.scales, torch.tensor([3.0 / fd.LARGEST[0], 1e-12 / fd.LARGEST[1]]))
+    assert state.x_scale == torch.tensor(3.0 / fd.LARGEST[0]) and state.grad_scale == torch.tensor(1e-12 / fd.LARGEST[1])
     assert state.maxima.grad is None
     state = state.to(torch.bfloat16)  # moved or cast: float32 scales, a fresh leaf for the maxima
-    assert state.scales.dtype == torch.float32 and state.maxima.is_leaf and state.maxima.requires_grad
+    assert state.x_scale.dtype == state.grad_scale.dtype == torch.float32
+    assert state.maxima.is_leaf and state.maxima.requires_grad and state.x_scale.storage_offset() == 0
 
 
 def test_set_fp8_delayed_puts_scales_on_the_image_towers_projections_only():

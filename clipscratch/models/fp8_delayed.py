@@ -11,7 +11,7 @@ the one-pass backward kernel that computes it, which writes an e5m2 copy and its
 bf16 output. The forward and input-gradient products run in FP8 (torch._scaled_mm; fast accumulation,
 an e4m3 weight cast per step), the weight gradient in bf16 from the saved bf16 input.
 
-``DelayedScales`` holds one projection's two scales. Its ``maxima`` leaf receives, as its gradient, the
+``DelayedScales`` holds one projection's two scales (input, output gradient). Its ``maxima`` leaf receives, as its gradient, the
 step's maxima of the input and the output gradient (a backward can hand nothing else out, and the
 compiled step keeps no side effect); ``update()`` turns them into the next step's scales. Until a
 step has been measured the scales are 1: ``CLIP.set_fp8_delayed`` turns the recipe on, the training
@@ -41,15 +41,17 @@ class DelayedScales(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("scales", torch.ones(2), persistent=False)  # [2] float32
+        # each its own tensor: cuBLAS refused a scale at an offset into a larger one (docs/benchmarks.md, part 113)
+        self.register_buffer("x_scale", torch.ones(()), persistent=False)  # float32
+        self.register_buffer("grad_scale", torch.ones(()), persistent=False)
         self.register_buffer("largest", torch.tensor(LARGEST), persistent=False)  # [2]: no copy from the host a step
-        self.maxima = torch.zeros(2, requires_grad=True)  # [2]
+        self.maxima = torch.zeros(2, requires_grad=True)  # [2]: [input, output gradient]
 
     def _apply(self, fn, recurse=True):
         """Moved or cast: the scales stay float32, and ``maxima`` follows them as a new leaf."""
         super()._apply(fn, recurse)
-        self.scales, self.largest = self.scales.float(), self.largest.float()
-        self.maxima = torch.zeros(2, device=self.scales.device, requires_grad=True)
+        self.x_scale, self.grad_scale, self.largest = self.x_scale.float(), self.grad_scale.float(), self.largest.float()
+        self.maxima = torch.zeros(2, device=self.largest.device, requires_grad=True)
         return self
 
     @torch.no_grad()
@@ -58,7 +60,9 @@ class DelayedScales(nn.Module):
         backward reached this projection."""
         if self.maxima.grad is None:
             return False
-        self.scales.copy_(self.maxima.grad.clamp_min(1e-12) / self.largest)
+        scales = self.maxima.grad.clamp_min(1e-12) / self.largest
+        self.x_scale.copy_(scales[0])
+        self.grad_scale.copy_(scales[1])
         self.maxima.grad = None
         return True
 
@@ -93,50 +97,50 @@ def _input_gradient(grad8: torch.Tensor, weight: torch.Tensor, grad_scale: torch
 
 class _MLPIn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, name, scales, maxima):
+    def forward(ctx, x, weight, bias, name, x_scale, grad_scale, maxima):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # [M, C]
-        h = _forward_product(x2, weight, None, scales[0])  # [M, 4C]
-        ctx.save_for_backward(x2, h, weight, bias, scales, x2.abs().amax().float())
+        h = _forward_product(x2, weight, None, x_scale)  # [M, 4C]
+        ctx.save_for_backward(x2, h, weight, bias, grad_scale, x2.abs().amax().float())
         ctx.shape, ctx.name = shape, name
         f = torch.float32
         return activate(h.to(f) + bias.to(f), name).to(torch.bfloat16).view(*shape[:-1], -1)
 
     @staticmethod
     def backward(ctx, grad):
-        x2, h, weight, bias, scales, x_max = ctx.saved_tensors
+        x2, h, weight, bias, grad_scale, x_max = ctx.saved_tensors
         grad_h, grad_bias, grad_h8, grad_max = bias_activation_backward_fp8(
-            grad.reshape(h.shape).to(h.dtype).contiguous(), h, bias, ctx.name, scales[1])  # [M, 4C] x2, [4C], []
-        grad_x = _input_gradient(grad_h8, weight, scales[1]).view(ctx.shape)
+            grad.reshape(h.shape).to(h.dtype).contiguous(), h, bias, ctx.name, grad_scale)  # [M, 4C] x2, [4C], []
+        grad_x = _input_gradient(grad_h8, weight, grad_scale).view(ctx.shape)
         grad_weight = (grad_h.t() @ x2).to(weight.dtype)  # [4C, C]
-        return grad_x, grad_weight, grad_bias, None, None, torch.stack((x_max, grad_max))
+        return grad_x, grad_weight, grad_bias, None, None, None, torch.stack((x_max, grad_max))
 
 
 def mlp_in(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, name: str, state: DelayedScales) -> torch.Tensor:
     """act(x W^T + b) [..., 4C] in bf16 for x [..., C], the product and its input gradient in FP8."""
-    return _MLPIn.apply(x, weight, bias, name, state.scales, state.maxima)
+    return _MLPIn.apply(x, weight, bias, name, state.x_scale, state.grad_scale, state.maxima)
 
 
 class _QKVHeads(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, heads, scales, maxima):
+    def forward(ctx, x, weight, bias, heads, x_scale, grad_scale, maxima):
         B, T, C = x.shape
         x2 = x.reshape(-1, C).to(torch.bfloat16)  # [M, C]
-        qkv = _forward_product(x2, weight, bias, scales[0])  # [M, 3C]
-        ctx.save_for_backward(x2, weight, scales, x2.abs().amax().float())
+        qkv = _forward_product(x2, weight, bias, x_scale)  # [M, 3C]
+        ctx.save_for_backward(x2, weight, grad_scale, x2.abs().amax().float())
         ctx.shape, ctx.bias_dtype = x.shape, bias.dtype
         return split_heads(qkv.view(B, T, 3 * C), heads)  # 3 x [B, H, T, D]
 
     @staticmethod
     def backward(ctx, dq, dk, dv):
-        x2, weight, scales, x_max = ctx.saved_tensors
-        grad, grad_bias, grad8, grad_max = gather_heads_fp8(dq, dk, dv, scales[1])  # [M, 3C] x2, [3C], []
-        grad_x = _input_gradient(grad8, weight, scales[1]).view(ctx.shape)
+        x2, weight, grad_scale, x_max = ctx.saved_tensors
+        grad, grad_bias, grad8, grad_max = gather_heads_fp8(dq, dk, dv, grad_scale)  # [M, 3C] x2, [3C], []
+        grad_x = _input_gradient(grad8, weight, grad_scale).view(ctx.shape)
         grad_weight = (grad.t() @ x2).to(weight.dtype)  # [3C, C]
-        return (grad_x, grad_weight, grad_bias.to(ctx.bias_dtype), None, None, torch.stack((x_max, grad_max)))
+        return grad_x, grad_weight, grad_bias.to(ctx.bias_dtype), None, None, None, torch.stack((x_max, grad_max))
 
 
 def qkv_heads(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, heads: int,
               state: DelayedScales) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v [B, H, T, D] in bf16 for x [B, T, C], the projection and its input gradient in FP8."""
-    return _QKVHeads.apply(x, weight, bias, heads, state.scales, state.maxima)
+    return _QKVHeads.apply(x, weight, bias, heads, state.x_scale, state.grad_scale, state.maxima)
