@@ -76,7 +76,8 @@ class TrainConfig:
     fp8: bool = False  # attention and MLP projections in FP8 (models/fp8.py; Hopper GPUs, with precision=bf16)
     # with compile on a CUDA GPU (Hopper): the image tower's q/k/v and MLP-in projections in FP8 with delayed scaling,
     # the one-pass backward kernels writing the FP8 copies of their gradients (models/fp8_delayed.py); a first step
-    # measures the scales. ViT-B/16 steps 4% faster (docs/benchmarks.md, parts 108-113)
+    # measures the scales. ViT-B/16 steps 4% faster, 1.41x open_clip with text_stream; its loss tracks bf16's
+    # (docs/benchmarks.md, parts 108-114)
     fp8_delayed: bool = False
     compile: bool = False
     # with compile, on a CUDA GPU with Triton: each MLP's bias gradient summed in the pass that computes its hidden
