@@ -123,7 +123,7 @@ def launch(kernel, grad: torch.Tensor, h: torch.Tensor, bias: torch.Tensor, quic
     """Run ``kernel`` (bias_activation_backward_kernel, or torch.library.wrap_triton of it) on
     contiguous grad, h [M, N]: (grad_h [M, N], grad_bias [N]). With ``fp8 = (scale, dtype)`` the
     kernel also writes grad_h / scale in that FP8 dtype (saturated) and the absolute maximum of
-    grad_h: (grad_h, grad_bias, the FP8 copy [M, N], its maximum []) (bench/fp8_ceiling.py)."""
+    grad_h: (grad_h, grad_bias, the FP8 copy [M, N], its maximum []) (models/fp8_delayed.py)."""
     M, N = h.shape
     strips = (M + rows - 1) // rows
     grad_h = torch.empty_like(h)

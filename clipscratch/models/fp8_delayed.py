@@ -11,12 +11,12 @@ the one-pass backward kernel that computes it, which writes an e5m2 copy and its
 bf16 output. The forward and input-gradient products run in FP8 (torch._scaled_mm; fast accumulation,
 an e4m3 weight cast per step), the weight gradient in bf16 from the saved bf16 input.
 
-``DelayedScales`` holds one projection's two scales (input, output gradient). Its ``maxima`` leaf receives, as its gradient, the
-step's maxima of the input and the output gradient (a backward can hand nothing else out, and the
-compiled step keeps no side effect); ``update()`` turns them into the next step's scales. Until a
-step has been measured the scales are 1: ``CLIP.set_fp8_delayed`` turns the recipe on, the training
-loop runs a first forward and backward that only measures (train/run.py), then ``update_scales`` after
-every backward.
+``DelayedScales`` holds one projection's two scales (input, output gradient). Its ``maxima`` leaf
+receives, as its gradient, the step's maxima of the input and the output gradient (a backward can
+hand nothing else out, and the compiled step keeps no side effect); ``update()`` turns them into
+the next step's scales. Until a step has been measured the scales are 1: ``CLIP.set_fp8_delayed``
+turns the recipe on, the training loop runs a first forward and backward that only measures
+(train/run.py), then ``update_scales`` after every backward.
 """
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def launch(kernel, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, rows: i
     """Run ``kernel`` (gather_heads_kernel, or torch.library.wrap_triton of it) on dq, dk, dv
     [B, H, T, D], any strides: (grad [B * T, 3C], grad_bias [3C] float32). With ``fp8 = (scale,
     dtype)`` the kernel also writes grad / scale in that FP8 dtype (saturated) and the absolute
-    maximum of grad: (grad, grad_bias, the FP8 copy [B * T, 3C], its maximum []) (bench/fp8_ceiling.py)."""
+    maximum of grad: (grad, grad_bias, the FP8 copy [B * T, 3C], its maximum []) (models/fp8_delayed.py)."""
     B, H, T, D = dq.shape
     M, C = B * T, H * D
     strips = (M + rows - 1) // rows
