@@ -27,8 +27,9 @@
                     train.py's one-pass MLP backward kernel), or for both of the MLP's; the others in bf16
      fp8 own kernels fc1, fc1+qkv   with --fused: the MLP's first projection (and the q/k/v projection) in FP8,
                     delayed scales, fast accumulation, its output gradient's FP8 copy and maximum written by
-                    the one-pass backward kernel itself (bias_activation's, gather_heads') beside its bf16 output;
-                    ... m16: bias_activation's kernel stepping 16 rows at a time (32 by default)
+                    the one-pass backward kernel itself (bias_activation's, gather_heads') beside its bf16 output:
+                    train.py's fp8_delayed (models/fp8_delayed.py) on one block. Parts 108-112 ran the
+                    benchmark's own copy of it (and an "m16" variant) at commit 736840f
 Milliseconds, median of 20 after warm-up; x 12 layers for a ViT-B/16 step. Each recipe's block output
 and input gradient are compared with the first recipe's (relative distance; the same weights and data);
 ``--profile N`` records each recipe's N costliest kernels; ``--kernels`` times the one-pass backward
@@ -198,115 +199,18 @@ def delayed_recipe(scales, fast, wgrad_fp8=False, row_amax=False):
     return linear
 
 
-def register_own_kernel_ops():
-    """The training step's two one-pass backward kernels with their FP8 output (bias_activation's for the
-    MLP's first projection, gather_heads for the q/k/v projection) as torch operators Inductor traces into."""
-    from typing import Tuple
+def own_kernel_recipe(block, qkv_too):
+    """The model's fp8_delayed recipe (models/fp8_delayed.py, as CLIP.set_fp8_delayed sets it) on the
+    block's MLP first projection, and with ``qkv_too`` its q/k/v projection; it runs where the one-pass
+    backward kernels do (--fused, on a GPU). Returns their DelayedScales by name."""
+    from clipscratch.models.fp8_delayed import DelayedScales
 
-    from clipscratch.models import bias_activation as ba, qkv_projection as qp
-
-    if hasattr(torch.ops.fp8bench, "gather_heads"):
-        return
-    Tensor = torch.Tensor
-
-    @torch.library.triton_op("fp8bench::bias_activation_backward", mutates_args=())
-    def _mlp_op(grad: Tensor, h: Tensor, bias: Tensor, scale: Tensor,
-                block_m: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        return ba.launch(torch.library.wrap_triton(ba.bias_activation_backward_kernel), grad, h, bias, False,
-                         block_m=block_m, fp8=(scale, E5M2))
-
-    @torch.library.triton_op("fp8bench::gather_heads", mutates_args=())
-    def _qkv_op(dq: Tensor, dk: Tensor, dv: Tensor, scale: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-        return qp.launch(torch.library.wrap_triton(qp.gather_heads_kernel), dq, dk, dv, fp8=(scale, E5M2))
-
-
-class _OwnKernelMLPIn(torch.autograd.Function):
-    """GELU(x W^T + b), the MLP's first projection, its forward and input gradient in FP8 with delayed
-    scales (fast accumulation, as the recipes above); the backward takes the product's gradient and
-    its FP8 copy from one pass of bias_activation's kernel."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, x_scale, grad_scale, grad_amax, block_m):
-        from clipscratch.models.bias_activation import activate
-
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)  # [M, C]
-        w8, sw = _tensorwise(weight)  # [4C, C]
-        h = torch._scaled_mm(_saturate(x2, x_scale, E4M3), w8.t(), scale_a=x_scale, scale_b=sw,
-                             out_dtype=torch.bfloat16, use_fast_accum=True)  # [M, 4C]
-        y = activate(h.float() + bias.float(), "gelu").to(torch.bfloat16)
-        x_amax = x2.abs().amax()
-        ctx.mark_non_differentiable(x_amax)
-        ctx.save_for_backward(x2, h, weight, bias, grad_scale)
-        ctx.shape, ctx.block_m = shape, block_m
-        return y.view(*shape[:-1], -1), x_amax
-
-    @staticmethod
-    def backward(ctx, grad, _):
-        x2, h, weight, bias, grad_scale = ctx.saved_tensors
-        grad_h, grad_b, grad_h8, grad_amax = torch.ops.fp8bench.bias_activation_backward(
-            grad.reshape(h.shape).contiguous(), h, bias, grad_scale, ctx.block_m)  # [M, 4C] bf16 and FP8, [4C], []
-        wt8, swt = _tensorwise(weight.t().contiguous())  # [C, 4C]
-        grad_x = torch._scaled_mm(grad_h8, wt8.t(), scale_a=grad_scale, scale_b=swt, out_dtype=torch.bfloat16,
-                                  use_fast_accum=True)  # [M, C]
-        return grad_x.view(ctx.shape), (grad_h.t() @ x2).to(weight.dtype), grad_b, None, None, grad_amax, None
-
-
-class _OwnKernelQKV(torch.autograd.Function):
-    """q, k, v [B, H, T, D] of the q/k/v projection, its forward and input gradient in FP8 with delayed
-    scales; the backward gathers the heads' gradients, their FP8 copy and the bias gradient in one pass
-    of gather_heads' kernel."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, heads, x_scale, grad_scale, grad_amax):
-        from clipscratch.models.qkv_projection import split_heads
-
-        B, T, C = x.shape
-        x2 = x.reshape(-1, C).to(torch.bfloat16)  # [M, C]
-        w8, sw = _tensorwise(weight)  # [3C, C]
-        qkv = torch._scaled_mm(_saturate(x2, x_scale, E4M3), w8.t(), scale_a=x_scale, scale_b=sw,
-                               bias=bias.to(torch.bfloat16), out_dtype=torch.bfloat16, use_fast_accum=True)
-        x_amax = x2.abs().amax()
-        ctx.mark_non_differentiable(x_amax)
-        ctx.save_for_backward(x2, weight, grad_scale)
-        ctx.shape, ctx.bias_dtype = x.shape, bias.dtype
-        return (*split_heads(qkv.view(B, T, 3 * C), heads), x_amax)
-
-    @staticmethod
-    def backward(ctx, dq, dk, dv, _):
-        x2, weight, grad_scale = ctx.saved_tensors
-        grad, grad_b, grad8, grad_amax = torch.ops.fp8bench.gather_heads(dq, dk, dv, grad_scale)  # [M, 3C] ...
-        wt8, swt = _tensorwise(weight.t().contiguous())  # [C, 3C]
-        grad_x = torch._scaled_mm(grad8, wt8.t(), scale_a=grad_scale, scale_b=swt, out_dtype=torch.bfloat16,
-                                  use_fast_accum=True)  # [M, C]
-        return (grad_x.view(ctx.shape), (grad.t() @ x2).to(weight.dtype), grad_b.to(ctx.bias_dtype), None, None, None,
-                grad_amax)
-
-
-def own_kernel_recipe(block, qkv_too, device="cuda", block_m=32):
-    """Route the block's MLP first projection (and with ``qkv_too`` its q/k/v projection) through the
-    classes above, bias_activation's kernel taking ``block_m`` rows a step; returns their DelayedScales."""
-    register_own_kernel_ops()
-    mlp, attn = block.mlp, block.attn
-    scales = {mlp.c_fc.weight: DelayedScales(device)}
-
-    def mlp_forward(x):
-        s = scales[mlp.c_fc.weight]
-        y, s.x_amax = _OwnKernelMLPIn.apply(x, mlp.c_fc.weight, mlp.c_fc.bias, s.x_scale, s.grad_scale, s.grad_amax,
-                                            block_m)
-        return torch.nn.functional.linear(y, mlp.c_proj.weight, mlp.c_proj.bias)
-
-    mlp.forward = mlp_forward
+    device = block.mlp.c_fc.weight.device
+    block.mlp.fp8_scales = DelayedScales().to(device)
+    scales = {"mlp": block.mlp.fp8_scales}
     if qkv_too:
-        scales[attn.in_proj_weight] = DelayedScales(device)
-
-        def project_heads(x):
-            s = scales[attn.in_proj_weight]
-            q, k, v, s.x_amax = _OwnKernelQKV.apply(x, attn.in_proj_weight, attn.in_proj_bias, attn.heads, s.x_scale,
-                                                    s.grad_scale, s.grad_amax)
-            return q, k, v
-
-        attn.project_heads = project_heads
+        block.attn.fp8_scales = DelayedScales().to(device)
+        scales["attn"] = block.attn.fp8_scales
     return scales
 
 
@@ -346,7 +250,6 @@ def block_rows(names, profile_top=0, fused=False):
         "fp8 delayed fast-accum mlp": None,
         "fp8 own kernels fc1": None,
         "fp8 own kernels fc1+qkv": None,
-        "fp8 own kernels fc1+qkv m16": None,
     }
     unknown = set(names) - set(recipes)
     if unknown:
@@ -360,7 +263,7 @@ def block_rows(names, profile_top=0, fused=False):
         block.mlp.fused_activation = block.attn.fused_qkv = fused
         scales = {}
         if name.startswith("fp8 own kernels"):  # on a GPU with --fused (the kernels are the one-pass backward's)
-            scales = own_kernel_recipe(block, qkv_too="qkv" in name, block_m=16 if name.endswith("m16") else 32)
+            scales = own_kernel_recipe(block, qkv_too="qkv" in name)
         elif name.startswith("fp8 delayed"):
             chosen = {"fc1": ("mlp.c_fc.",), "mlp": ("mlp.c_fc.", "mlp.c_proj.")}.get(name.split()[-1], ("",))
             scales = {p: DelayedScales("cuda") for n, p in block.named_parameters()
@@ -386,8 +289,7 @@ def block_rows(names, profile_top=0, fused=False):
         ms = median_ms(step)
         x.grad = None
         step()  # one more, for the input's gradient alone
-        with torch.no_grad():
-            y = compiled(x).float()
+        y = compiled(x).detach().float()  # with gradients on, as the recipes train (the model's FP8 runs only then)
         row = {"recipe": name, "block_ms": ms, "step_ms": ms * LAYERS, "out_rms": float(y.pow(2).mean().sqrt())}
         if reference is None:
             reference = (y, x.grad.clone())

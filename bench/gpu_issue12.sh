@@ -194,16 +194,14 @@
 #                                                    the same with Inductor's combo kernels (:combo)
 #   bash bench/gpu_issue12.sh 107 DATA_DIR OUT_DIR  # fp8_ceiling.py's block with train.py's one-pass backward kernels:
 #                                                    bf16, FP8 (delayed) for the MLP's first projection, for both
-#   bash bench/gpu_issue12.sh 108 DATA_DIR OUT_DIR  # the same block: bf16, FP8 for fc1 cast by Inductor (part 107's), and
-#                                                    FP8 for fc1 (and q/k/v) with the one-pass backward kernels writing
-#                                                    the FP8 copy themselves
-#   bash bench/gpu_issue12.sh 109 DATA_DIR OUT_DIR  # part 108 again after the kernels' FP8 path multiplied by the scale's
-#                                                    inverse, loaded once, instead of dividing each element by it
-#   bash bench/gpu_issue12.sh 110 DATA_DIR OUT_DIR  # the same, bias_activation's FP8 kernel also stepping 16 rows at a time
-#   bash bench/gpu_issue12.sh 111 DATA_DIR OUT_DIR  # the one-pass backward kernels alone, without and with their FP8
-#                                                    copy, in several launch configurations; ViT-B/16 b256 Flickr8k
-#                                                    lengths: open_clip, the default compiled step, with :fp8own
-#   bash bench/gpu_issue12.sh 112 DATA_DIR OUT_DIR  # the same with text_stream: open_clip, :streams, :streams:fp8own
+# Parts 108-112 ran at commit 736840f with the benchmark's own copy of the FP8 recipe that train.py's fp8_delayed
+# now is (bench/fp8_ceiling.py's "fp8 own kernels" recipes and bench/train_step.py's :fp8own then; the model's recipe
+# now, bias_activation's kernel at 16 rows and 8 warps, part 111's fastest): 108 and 109 fp8_ceiling.py's block, bf16 against FP8 for fc1 cast by
+# Inductor and FP8 for fc1 (and q/k/v) with the one-pass kernels writing the copy (109 after the kernels multiplied by
+# the scale's inverse); 110 the same with bias_activation's kernel stepping 16 rows; 111 the kernels alone in several
+# launch configurations, and ViT-B/16 b256 open_clip, the default step and :fp8own; 112 the same with text_stream.
+# At this commit part 108's command runs the model's recipe:
+#   bash bench/gpu_issue12.sh 108 DATA_DIR OUT_DIR
 #   bash bench/gpu_issue12.sh 113 DATA_DIR OUT_DIR  # train.py's fp8_delayed=true (the recipe in the model): ViT-B/16 on
 #                                                    the Flickr8k train photos, compiled, 300 steps with it and without
 #                                                    (loss curves); then ViT-B/16 b256 open_clip against it with the
@@ -300,19 +298,7 @@ case $PART in
       --labels "bf16" "fp8_delayed=true" --out "$O/fp8_delayed_vs_bf16.png"
   timeout 230 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
       --json "$O/b16_flickr_fp8delayed.json" --variants open_clip clipscratch:packed:streams:fp8delayed 2>&1 | quiet ;;
-111)
-  timeout 120 $PY bench/fp8_ceiling.py --skip-products --skip-blocks --kernels --json "$O/fp8_kernel_configs.json" \
-      2>&1 | quiet
-  timeout 470 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
-      --json "$O/b16_flickr_fp8own.json" --variants open_clip clipscratch:packed:fp8own clipscratch:packed 2>&1 | quiet ;;
-112)
-  timeout 590 $PY bench/train_step.py --captions "$FLICKR" --models ViT-B-16 --warmup-rounds 1 --iters 48 \
-      --json "$O/b16_flickr_streams_fp8own.json" --variants open_clip clipscratch:packed:streams \
-      clipscratch:packed:streams:fp8own 2>&1 | quiet ;;
-110)
-  timeout 400 $PY bench/fp8_ceiling.py --skip-products --fused --profile 40 --json "$O/fp8_own_kernels_m16.json" \
-      --recipes bf16 "fp8 own kernels fc1+qkv" "fp8 own kernels fc1+qkv m16" 2>&1 | quiet | grep -v top_kernels ;;
-108|109)
+108)
   timeout 400 $PY bench/fp8_ceiling.py --skip-products --fused --profile 40 --json "$O/fp8_own_kernels.json" \
       --recipes bf16 "fp8 delayed fast-accum fc1" "fp8 own kernels fc1" "fp8 own kernels fc1+qkv" 2>&1 | quiet \
       | grep -v top_kernels ;;

@@ -39,11 +39,10 @@ rotated), tokenised; the two implementations see the same tokens:
   ...:combo            Inductor's combo kernels: kernels that do not depend on each other (the two towers'
                        LayerNorms, GELUs, residual adds ...) launched as one (torch._inductor.config.
                        combo_kernels, experimental); :combo-bench keeps only those its benchmark finds faster
-  ...:fp8delayed       the same as train.py's fp8_delayed=true (CLIP.set_fp8_delayed, models/fp8_delayed.py);
-                       the warm-up steps measure its scales
-  ...:fp8own           the image tower's q/k/v and MLP-in projections in FP8 with delayed scaling, the
-                       one-pass backward kernels writing their FP8 copies (bench/fp8_ceiling.py's "fp8 own
-                       kernels fc1+qkv m16" recipe on every block; not in the model yet)
+  ...:fp8delayed       train.py's fp8_delayed=true (CLIP.set_fp8_delayed, models/fp8_delayed.py): the image
+                       tower's q/k/v and MLP-in projections in FP8 with delayed scaling; the warm-up steps
+                       measure its scales. Parts 111-112 ran the benchmark's own copy of this recipe as
+                       :fp8own, at commit 736840f
   ...@eager            without torch.compile (the default compiles the step)
   ...@MODE             compiled in torch.compile's MODE, e.g. @max-autotune-no-cudagraphs (Inductor
                        tries Triton matmul templates with the elementwise work fused into them)
@@ -162,12 +161,7 @@ def setup(variant, name, batches, bucket=0, compiled=False):
     tokens = [prepare_tokens(b, mode, bucket).to("cuda") for b in batches]
     backend = image_backend(variant)
     options = variant.split(":")[1:]
-    fp8_scales, delayed = [], "fp8delayed" in options
-    if "fp8own" in options:  # bench/fp8_ceiling.py's recipe on every image block
-        from fp8_ceiling import own_kernel_recipe
-
-        for block in model.visual.transformer.resblocks:
-            fp8_scales += own_kernel_recipe(block, qkv_too=True, block_m=16).values()
+    delayed = "fp8delayed" in options
     split = compiled and any(o in options for o in ("towers", "streams", "streams-high"))
     if split:
         model.compile_towers()  # forward runs them; the FLOP count's eager step runs the plain encoders
@@ -184,9 +178,7 @@ def setup(variant, name, batches, bucket=0, compiled=False):
         with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(backend) if backend else contextlib.nullcontext():
             loss = clip_loss(*towers(images, tokens, plain), scale_fn())
         loss.backward()
-        for scales in fp8_scales:  # :fp8own: this step's maxima become the next step's scales
-            scales.update()
-        if delayed:  # :fp8delayed, the same through the model's option
+        if delayed:  # :fp8delayed: this step's maxima become the next step's scales
             update_scales(model)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

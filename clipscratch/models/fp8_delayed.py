@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from .bias_activation import activate, bias_activation_backward_fp8, saturate
+from .fp8 import E4M3, E5M2, to_fp8
 from .qkv_projection import gather_heads_fp8, split_heads
 
-E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 # the formats' largest values: a scale is a maximum divided by them ([input, output gradient])
 LARGEST = (torch.finfo(E4M3).max, torch.finfo(E5M2).max)
 
@@ -74,10 +74,8 @@ def update_scales(model: nn.Module) -> int:
 
 def _cast_weight(weight: torch.Tensor, transposed: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """(weight or its transpose, contiguous, in e4m3 scaled by its own maximum, that scale): dynamic, as
-    the weight is small and changes every step."""
-    w = weight.t().contiguous() if transposed else weight
-    scale = w.detach().abs().amax().float().clamp_min(1e-12) / LARGEST[0]
-    return saturate(w, scale, E4M3), scale
+    fp8.py's, the weight being small and changing every step."""
+    return to_fp8(weight.t().contiguous() if transposed else weight, E4M3)
 
 
 def _forward_product(x2: torch.Tensor, weight: torch.Tensor, bias, x_scale: torch.Tensor) -> torch.Tensor:
